@@ -1,0 +1,201 @@
+-- citas-realtime: install.sql
+--
+-- What a DBA runs (psql, the Supabase SQL editor, or `citas-realtime sql install` later) to make
+-- every change to public.citas reach the citas-realtime server, whoever writes it.
+--
+-- * Idempotent: a second run is clean; running a newer install.sql upgrades an older install in
+--   place, in one transaction, so writers never see a half-installed state.
+-- * Everything lives in schema citas_realtime, except the three triggers on public.citas.
+-- * Works whatever the types of citas.id and citas.negocio_id are (uuid, text, bigint, ...):
+--   the event log stores them as text.
+-- * Nothing here can make a writer's change fail: no constraint on the log that a row could
+--   violate, no cast that can fail (every value is cast to text), no dynamic SQL, and a NOTIFY
+--   payload that is bounded far below PostgreSQL's 8000-byte limit.
+--
+-- How an event travels: the statement-level triggers below write one row per changed cita to
+-- citas_realtime.events (in the writer's own transaction, so a rollback leaves nothing) and send
+-- ONE pg_notify per statement on channel 'citas_realtime'. The notification only wakes the
+-- server up; the server then reads the new rows from the log by seq. The same read serves live
+-- delivery, gap filling after a reconnect and clients that resume.
+--
+-- Requires PostgreSQL 14 or later (CREATE OR REPLACE TRIGGER, pg_current_snapshot()).
+
+begin;
+
+do $check$
+declare
+    missing text;
+begin
+    -- Two installs running at once would race on CREATE SCHEMA / CREATE TABLE: serialize them.
+    perform pg_advisory_xact_lock(hashtext('citas_realtime.install'));
+    if current_setting('server_version_num')::int < 140000 then
+        raise exception 'citas-realtime: PostgreSQL 14 or later is required (this is %)',
+            current_setting('server_version');
+    end if;
+    if to_regclass('public.citas') is null then
+        raise exception 'citas-realtime: table public.citas does not exist'
+            using hint = 'Create your citas table first (sql/example_schema.sql shows the expected shape), then run install.sql again.';
+    end if;
+    select string_agg(c, ', ') into missing
+    from unnest(array['id', 'negocio_id', 'estado']) as c
+    where not exists (
+        select 1 from pg_catalog.pg_attribute a
+        where a.attrelid = 'public.citas'::regclass and a.attname = c
+          and a.attnum > 0 and not a.attisdropped);
+    if missing is not null then
+        raise exception 'citas-realtime: public.citas lacks required column(s): %', missing;
+    end if;
+end
+$check$;
+
+create schema if not exists citas_realtime;
+comment on schema citas_realtime is 'citas-realtime: change log and triggers for public.citas';
+-- Nothing in this schema is for API roles (anon, authenticated): the server's own role gets
+-- USAGE and SELECT explicitly, see the README.
+revoke all on schema citas_realtime from public;
+
+-- The event log. One row per change of one cita. Ids are text whatever the source column types
+-- are. seq is the delivery order and the cursor clients resume from.
+create table if not exists citas_realtime.events (
+    seq             bigint generated always as identity primary key,
+    negocio_id      text        not null,
+    cita_id         text        not null,
+    action          text        not null,   -- created | updated | deleted | status_changed
+    estado          text,                   -- the cita's estado after the change (before, for deleted)
+    estado_anterior text,                   -- status_changed only: the estado before
+    created_at      timestamptz not null default clock_timestamp()
+);
+comment on table citas_realtime.events is
+    'citas-realtime: one row per change of a cita, written by the triggers on public.citas';
+revoke all on citas_realtime.events from public;
+
+-- The installed version, for `citas-realtime check` and for upgrades.
+create or replace function citas_realtime.version() returns integer
+    language sql immutable parallel safe
+    as $$ select 1 $$;
+
+-- The trigger function, shared by the INSERT, UPDATE and DELETE statement triggers.
+--
+-- SECURITY DEFINER: writers (an API role, a batch job's role) need no right on our schema; the
+-- function runs with the installer's rights. search_path is pinned and every name is qualified,
+-- and no SQL is built from row data, so a writer cannot make it run anything else.
+create or replace function citas_realtime.capture() returns trigger
+    language plpgsql
+    security definer
+    set search_path = pg_catalog, pg_temp
+as $fn$
+declare
+    n_events   bigint;
+    first_seq  bigint;
+    last_seq   bigint;
+    neg_min    text;
+    neg_max    text;
+    act_min    text;
+    act_max    text;
+begin
+    if tg_op = 'INSERT' then
+        with ins as (
+            insert into citas_realtime.events (negocio_id, cita_id, action, estado)
+            select r.negocio_id::text, r.id::text, 'created', r.estado::text
+            from citas_realtime_new r
+            where r.negocio_id is not null
+            returning seq, negocio_id, action
+        )
+        select count(*), min(seq), max(seq), min(negocio_id), max(negocio_id), min(action), max(action)
+        into n_events, first_seq, last_seq, neg_min, neg_max, act_min, act_max
+        from ins;
+    elsif tg_op = 'DELETE' then
+        with ins as (
+            insert into citas_realtime.events (negocio_id, cita_id, action, estado)
+            select r.negocio_id::text, r.id::text, 'deleted', r.estado::text
+            from citas_realtime_old r
+            where r.negocio_id is not null
+            returning seq, negocio_id, action
+        )
+        select count(*), min(seq), max(seq), min(negocio_id), max(negocio_id), min(action), max(action)
+        into n_events, first_seq, last_seq, neg_min, neg_max, act_min, act_max
+        from ins;
+    else
+        -- UPDATE: pair old and new rows by primary key. A row whose id changed has no partner:
+        -- it reads as deleted (old id) plus created (new id). A row moved to another negocio is
+        -- deleted for the old negocio, then created for the new one. to_jsonb() compares whole
+        -- rows whatever the column types (json and point columns have no "=" operator).
+        with pairs as (
+            select o.id::text          as old_id,
+                   n.id::text          as new_id,
+                   o.negocio_id::text  as old_neg,
+                   n.negocio_id::text  as new_neg,
+                   o.estado::text      as old_estado,
+                   n.estado::text      as new_estado,
+                   to_jsonb(o) is distinct from to_jsonb(n) as changed
+            from citas_realtime_old o
+            full join citas_realtime_new n on o.id = n.id
+        ),
+        ins as (
+            insert into citas_realtime.events (negocio_id, cita_id, action, estado, estado_anterior)
+            select e.negocio_id, e.cita_id, e.action, e.estado, e.estado_anterior
+            from pairs p
+            cross join lateral (values
+                (1, case when p.old_id is not null
+                          and (p.new_id is null or p.old_neg is distinct from p.new_neg)
+                         then p.old_neg end,
+                    p.old_id, 'deleted', p.old_estado, null::text),
+                (2, case when p.new_id is not null
+                          and (p.old_id is null or p.old_neg is distinct from p.new_neg)
+                         then p.new_neg end,
+                    p.new_id, 'created', p.new_estado, null::text),
+                (3, case when p.old_id is not null and p.new_id is not null
+                          and p.old_neg = p.new_neg
+                          and p.old_estado is distinct from p.new_estado
+                         then p.new_neg end,
+                    p.new_id, 'status_changed', p.new_estado, p.old_estado),
+                (4, case when p.old_id is not null and p.new_id is not null
+                          and p.old_neg = p.new_neg
+                          and p.old_estado is not distinct from p.new_estado
+                          and p.changed
+                         then p.new_neg end,
+                    p.new_id, 'updated', p.new_estado, null::text)
+            ) as e(ord, negocio_id, cita_id, action, estado, estado_anterior)
+            where e.negocio_id is not null
+            order by coalesce(p.new_id, p.old_id), e.ord
+            returning seq, negocio_id, action
+        )
+        select count(*), min(seq), max(seq), min(negocio_id), max(negocio_id), min(action), max(action)
+        into n_events, first_seq, last_seq, neg_min, neg_max, act_min, act_max
+        from ins;
+    end if;
+
+    if n_events > 0 then
+        -- One notification per statement. It carries ids only (the seq range, and the negocio
+        -- and action when the statement produced a single kind for a single negocio), so it
+        -- stays a few hundred bytes whatever the statement touched. Distinct payloads are never
+        -- merged by PostgreSQL, so every statement wakes the server.
+        perform pg_catalog.pg_notify('citas_realtime', pg_catalog.json_build_object(
+            'first_seq', first_seq,
+            'last_seq', last_seq,
+            'count', n_events,
+            'negocio_id', case when neg_min = neg_max and octet_length(neg_min) <= 256 then neg_min end,
+            'action', case when act_min = act_max then act_min end)::text);
+    end if;
+    return null;
+end
+$fn$;
+revoke all on function citas_realtime.capture() from public;
+
+-- Transition tables need one trigger per event; all three share the function above.
+create or replace trigger citas_realtime_insert
+    after insert on public.citas
+    referencing new table as citas_realtime_new
+    for each statement execute function citas_realtime.capture();
+
+create or replace trigger citas_realtime_update
+    after update on public.citas
+    referencing old table as citas_realtime_old new table as citas_realtime_new
+    for each statement execute function citas_realtime.capture();
+
+create or replace trigger citas_realtime_delete
+    after delete on public.citas
+    referencing old table as citas_realtime_old
+    for each statement execute function citas_realtime.capture();
+
+commit;

@@ -1,0 +1,230 @@
+//! JWT verification and the negocios a token grants.
+//!
+//! Tokens are HS256, signed with `JWT_SECRET` (Supabase's JWT secret), and must carry `exp`.
+//! The algorithm is pinned: a token whose header names any other algorithm (`none` included) is
+//! refused before its signature is looked at. `aud` is not checked (Supabase sets it to
+//! `authenticated`; a check is planned as an option).
+//!
+//! Grants come from the claims:
+//! * `negocio_id` (a string) and `negocio_ids` (an array), at top level or inside `app_metadata`
+//!   (where Supabase keeps custom claims); numbers are accepted too, as text, for bigint ids;
+//! * `role: "service_role"` grants every negocio.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::Value;
+
+use crate::config::Secret;
+
+/// Seconds of clock skew tolerated on `exp` (and `nbf`).
+pub const LEEWAY_SECS: u64 = 30;
+
+/// Why a token was refused. The text is what the client sees in the 401 body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token: pass ?token=<jwt> or an Authorization: Bearer <jwt> header")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("token not valid yet")]
+    NotYetValid,
+    #[error("invalid token signature")]
+    BadSignature,
+    #[error("token algorithm not accepted: only HS256")]
+    BadAlgorithm,
+    #[error("token has no exp claim")]
+    NoExpiry,
+    #[error("malformed token")]
+    Malformed,
+}
+
+/// What a verified token may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grants {
+    /// `service_role`: every negocio.
+    All,
+    /// Exactly these negocios (possibly none).
+    Negocios(HashSet<String>),
+}
+
+impl Grants {
+    pub fn allows(&self, negocio_id: &str) -> bool {
+        match self {
+            Grants::All => true,
+            Grants::Negocios(set) => set.contains(negocio_id),
+        }
+    }
+}
+
+/// The verified identity behind a connection.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub subject: Option<String>,
+    pub grants: Grants,
+    /// `exp`, in seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// Verifies tokens; built once from the configuration and shared.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier(HS256)")
+    }
+}
+
+impl Verifier {
+    /// Fails only for an empty secret, which [`crate::config::Config`] already refuses.
+    pub fn new(secret: &Secret) -> Result<Verifier, jsonwebtoken::errors::Error> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.leeway = LEEWAY_SECS;
+        Ok(Verifier {
+            key: DecodingKey::from_secret(secret.expose().as_bytes())?,
+            validation,
+        })
+    }
+
+    /// Verifies `token` and reads its grants.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let data =
+            jsonwebtoken::decode::<Value>(token, &self.key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    ErrorKind::InvalidSignature => AuthError::BadSignature,
+                    ErrorKind::InvalidAlgorithm
+                    | ErrorKind::InvalidAlgorithmName
+                    | ErrorKind::UnsupportedAlgorithm
+                    | ErrorKind::MissingAlgorithm => AuthError::BadAlgorithm,
+                    ErrorKind::MissingRequiredClaim(_) => AuthError::NoExpiry,
+                    _ => AuthError::Malformed,
+                }
+            })?;
+        let claims = data.claims;
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(AuthError::NoExpiry)?;
+        Ok(Principal {
+            subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
+            grants: grants_from_claims(&claims),
+            expires_at,
+        })
+    }
+}
+
+/// Reads the grants a token's claims carry (see the module documentation).
+pub fn grants_from_claims(claims: &Value) -> Grants {
+    let role = |v: &Value| v.get("role").and_then(Value::as_str) == Some("service_role");
+    let app_metadata = claims.get("app_metadata").filter(|m| m.is_object());
+    if role(claims) || app_metadata.is_some_and(role) {
+        return Grants::All;
+    }
+    let mut set = HashSet::new();
+    for scope in [Some(claims), app_metadata].into_iter().flatten() {
+        if let Some(id) = scope.get("negocio_id").and_then(id_text) {
+            set.insert(id);
+        }
+        if let Some(ids) = scope.get("negocio_ids").and_then(Value::as_array) {
+            set.extend(ids.iter().filter_map(id_text));
+        }
+    }
+    Grants::Negocios(set)
+}
+
+fn id_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Signs `claims` (plus `iat` and `exp = now + ttl`) with HS256: for the demo, the tests and
+/// development. Production tokens come from the app's auth provider.
+pub fn mint_token(secret: &Secret, mut claims: Value, ttl: Duration) -> anyhow::Result<String> {
+    let now = now_secs();
+    if let Value::Object(map) = &mut claims {
+        map.entry("iat").or_insert(now.into());
+        map.entry("exp").or_insert((now + ttl.as_secs()).into());
+    } else {
+        anyhow::bail!("claims must be a JSON object");
+    }
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.expose().as_bytes())?,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn set(ids: &[&str]) -> Grants {
+        Grants::Negocios(ids.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn every_claim_form_grants() {
+        assert_eq!(grants_from_claims(&json!({"negocio_id": "a"})), set(&["a"]));
+        assert_eq!(
+            grants_from_claims(&json!({"negocio_ids": ["a", "b", 7]})),
+            set(&["a", "b", "7"])
+        );
+        assert_eq!(
+            grants_from_claims(&json!({"app_metadata": {"negocio_id": "c", "negocio_ids": ["d"]}})),
+            set(&["c", "d"])
+        );
+        assert_eq!(grants_from_claims(&json!({"role": "service_role"})), Grants::All);
+        assert_eq!(grants_from_claims(&json!({"role": "authenticated"})), set(&[]));
+        assert_eq!(
+            grants_from_claims(&json!({"negocio_id": "", "negocio_ids": "x"})),
+            set(&[])
+        );
+    }
+
+    #[test]
+    fn verify_round_trip_and_refusals() {
+        let secret = Secret::new("a-test-secret-that-is-long-enough");
+        let v = Verifier::new(&secret).unwrap();
+        let ok = mint_token(&secret, json!({"sub": "u", "negocio_id": "a"}), Duration::from_secs(60))
+            .unwrap();
+        let p = v.verify(&ok).unwrap();
+        assert_eq!(p.subject.as_deref(), Some("u"));
+        assert!(p.grants.allows("a") && !p.grants.allows("b"));
+
+        let other = mint_token(&Secret::new("another-secret"), json!({}), Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(v.verify(&other).unwrap_err(), AuthError::BadSignature);
+        let expired = mint_token(&secret, json!({"exp": now_secs() - 3600}), Duration::ZERO).unwrap();
+        assert_eq!(v.verify(&expired).unwrap_err(), AuthError::Expired);
+        assert_eq!(v.verify("not.a.jwt").unwrap_err(), AuthError::Malformed);
+        assert_eq!(v.verify("").unwrap_err(), AuthError::Missing);
+    }
+}

@@ -1,0 +1,71 @@
+//! The command line. Every flag of `serve` can also come from the environment or a `.env` file;
+//! values are kept as text here and validated in one place, [`crate::config::Config`], so a bad
+//! value yields one line naming the variable.
+
+use clap::{Args, Parser, Subcommand};
+
+/// Real-time change notifier: PostgreSQL triggers -> LISTEN -> authenticated WebSocket fan-out.
+#[derive(Debug, Parser)]
+#[command(
+    name = "citas-realtime",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  \
+        citas-realtime                       serve, configured by the environment or .env\n  \
+        citas-realtime serve --bind-addr 127.0.0.1:9000\n  \
+        citas-realtime demo --simulate       private database, seeded data, random changes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// `serve` is the default command: its flags work without naming it.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// Log format: `text` or `json`. Verbosity comes from RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    #[command(after_help = "Example:\n  \
+        DATABASE_URL='postgres://user:pass@db.example.com:5432/postgres?sslmode=require' \\\n  \
+        JWT_SECRET=... citas-realtime serve")]
+    Serve(ServeArgs),
+    /// Start a private PostgreSQL with example data and serve it: the quickest way to see it work.
+    #[command(after_help = "Example:\n  cargo run --release -- demo --simulate")]
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// PostgreSQL URL (libpq form). sslmode: disable | prefer | require | verify-ca | verify-full.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// HS256 secret that signs client tokens (Supabase's JWT secret).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Address the HTTP/WebSocket server listens on [default: 0.0.0.0:8080].
+    #[arg(long, env = "BIND_ADDR")]
+    pub bind_addr: Option<String>,
+
+    /// Messages queued per client before it counts as too slow and is disconnected [default: 4096].
+    #[arg(long, env = "CLIENT_QUEUE_CAPACITY")]
+    pub client_queue_capacity: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind_addr: String,
+
+    /// Write a random change (insert, status change, update or delete) every second.
+    #[arg(long)]
+    pub simulate: bool,
+}

@@ -1,0 +1,274 @@
+//! Connecting to PostgreSQL with the TLS mode the URL asks for.
+//!
+//! tokio-postgres understands `sslmode` disable | prefer | require only, and no `sslrootcert`;
+//! libpq (and so every PostgreSQL user) knows five modes and a root certificate. We take both
+//! out of the URL, hand the rest to tokio-postgres, and build the native-tls connector here,
+//! with libpq's meaning for each mode:
+//!
+//! | sslmode       | encrypted        | certificate checked                                   |
+//! |---------------|------------------|-------------------------------------------------------|
+//! | `disable`     | no               | -                                                     |
+//! | `prefer`      | if the server can | no (as libpq)                                        |
+//! | `require`     | yes              | no, unless `sslrootcert` is given (then as verify-ca)  |
+//! | `verify-ca`   | yes              | chain against `sslrootcert` or the system roots        |
+//! | `verify-full` | yes              | chain and host name                                    |
+//!
+//! Absent, `sslmode` is `prefer`, as with libpq.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use postgres_native_tls::MakeTlsConnector;
+use tokio_postgres::config::{Host, SslMode as PgSslMode};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Connection, Socket};
+
+/// The five libpq TLS modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl FromStr for SslMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "prefer" | "allow" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode '{other}' is not one of disable, prefer, require, verify-ca, verify-full"
+                ))
+            }
+        })
+    }
+}
+
+/// A parsed `DATABASE_URL`. Its `Debug` and `Display` never show the password.
+#[derive(Clone)]
+pub struct DbConfig {
+    pg: tokio_postgres::Config,
+    ssl_mode: SslMode,
+    root_cert: Option<Vec<u8>>,
+}
+
+/// The connection half that must be polled for the client to make progress.
+pub type PgConnection = Connection<Socket, <MakeTlsConnector as MakeTlsConnect<Socket>>::Stream>;
+
+impl DbConfig {
+    /// Parses a libpq URL (`postgres://user:pass@host:port/db?sslmode=...`) or keyword string
+    /// (`host=... user=... sslmode=...`). Returns the reason when it cannot.
+    pub fn parse(url: &str) -> Result<DbConfig, String> {
+        let (rest, ssl_mode, root_cert_path) = take_tls_params(url)?;
+        let mut pg = tokio_postgres::Config::from_str(&rest).map_err(|e| e.to_string())?;
+        if pg.get_hosts().is_empty() {
+            return Err("no host given".into());
+        }
+        let root_cert = match root_cert_path {
+            None => None,
+            Some(path) => Some(
+                std::fs::read(&path)
+                    .map_err(|e| format!("sslrootcert '{path}' cannot be read: {e}"))?,
+            ),
+        };
+        if let Some(pem) = &root_cert {
+            native_tls::Certificate::from_pem(pem)
+                .map_err(|e| format!("sslrootcert is not a PEM certificate: {e}"))?;
+        }
+        pg.ssl_mode(match ssl_mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            _ => PgSslMode::Require,
+        });
+        if pg.get_application_name().is_none() {
+            pg.application_name("citas-realtime");
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(10));
+        }
+        // A dead peer behind a NAT or a failover must not look alive for two hours: keepalives
+        // make the kernel notice a half-open connection within about half a minute.
+        pg.keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
+        Ok(DbConfig {
+            pg,
+            ssl_mode,
+            root_cert,
+        })
+    }
+
+    pub fn ssl_mode(&self) -> SslMode {
+        self.ssl_mode
+    }
+
+    /// True when TLS may be used without checking the server's certificate.
+    pub fn tls_unverified(&self) -> bool {
+        matches!(self.ssl_mode, SslMode::Prefer | SslMode::Require) && self.root_cert.is_none()
+    }
+
+    /// Host and port, for logs.
+    pub fn host_display(&self) -> String {
+        let hosts: Vec<String> = self
+            .pg
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let port = self.pg.get_ports().first().copied().unwrap_or(5432);
+        format!("{}:{port}", hosts.join(","))
+    }
+
+    fn tls_connector(&self) -> Result<MakeTlsConnector, native_tls::Error> {
+        let mut builder = native_tls::TlsConnector::builder();
+        if let Some(pem) = &self.root_cert {
+            builder.add_root_certificate(native_tls::Certificate::from_pem(pem)?);
+        }
+        match self.ssl_mode {
+            SslMode::Disable | SslMode::VerifyFull => {}
+            SslMode::VerifyCa => {
+                builder.danger_accept_invalid_hostnames(true);
+            }
+            SslMode::Prefer | SslMode::Require => {
+                if self.root_cert.is_none() {
+                    builder.danger_accept_invalid_certs(true);
+                }
+                builder.danger_accept_invalid_hostnames(true);
+            }
+        }
+        Ok(MakeTlsConnector::new(builder.build()?))
+    }
+
+    /// Opens one connection. The caller must poll the returned [`PgConnection`].
+    pub async fn connect(&self) -> Result<(Client, PgConnection), ConnectError> {
+        let tls = self.tls_connector().map_err(ConnectError::Tls)?;
+        self.pg.connect(tls).await.map_err(ConnectError::Postgres)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot set up TLS: {0}")]
+    Tls(native_tls::Error),
+    #[error("{0}")]
+    Postgres(tokio_postgres::Error),
+}
+
+impl fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("host", &self.host_display())
+            .field("dbname", &self.pg.get_dbname())
+            .field("user", &self.pg.get_user())
+            .field("ssl_mode", &self.ssl_mode)
+            .finish()
+    }
+}
+
+impl fmt::Display for DbConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.host_display(),
+            self.pg.get_dbname().unwrap_or("")
+        )
+    }
+}
+
+/// Removes `sslmode` and `sslrootcert` from a URL's query or a keyword string.
+fn take_tls_params(url: &str) -> Result<(String, SslMode, Option<String>), String> {
+    let mut ssl_mode = SslMode::Prefer;
+    let mut root_cert = None;
+    let mut take = |key: &str, value: String| -> Result<bool, String> {
+        match key {
+            "sslmode" => ssl_mode = value.parse()?,
+            "sslrootcert" => root_cert = Some(value),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else {
+            return Ok((url.to_string(), ssl_mode, root_cert));
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded = percent_decode(value)?;
+            if !take(key, decoded)? {
+                kept.push(pair);
+            }
+        }
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        Ok((rest, ssl_mode, root_cert))
+    } else {
+        // Keyword form; values with spaces must not be quoted for these two keys.
+        let mut kept = Vec::new();
+        for word in url.split_whitespace() {
+            match word.split_once('=') {
+                Some((key, value)) if take(key, value.trim_matches('\'').to_string())? => {}
+                _ => kept.push(word),
+            }
+        }
+        Ok((kept.join(" "), ssl_mode, root_cert))
+    }
+}
+
+fn percent_decode(value: &str) -> Result<String, String> {
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .map(|v| v.into_owned())
+        .map_err(|_| format!("'{value}' is not UTF-8 once percent-decoded"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_params_are_taken_out_of_urls() {
+        let (rest, mode, cert) = take_tls_params(
+            "postgres://u:p@db.example.com:5432/postgres?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.crt&connect_timeout=30",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://u:p@db.example.com:5432/postgres?connect_timeout=30");
+        assert_eq!(mode, SslMode::VerifyFull);
+        assert_eq!(cert.as_deref(), Some("/tmp/ca.crt"));
+    }
+
+    #[test]
+    fn keyword_strings_and_defaults() {
+        let (rest, mode, _) = take_tls_params("host=localhost sslmode=require user=x").unwrap();
+        assert_eq!(rest, "host=localhost user=x");
+        assert_eq!(mode, SslMode::Require);
+        let (_, mode, _) = take_tls_params("postgres://localhost/db").unwrap();
+        assert_eq!(mode, SslMode::Prefer);
+        assert!(take_tls_params("postgres://h/db?sslmode=sometimes").is_err());
+    }
+
+    #[test]
+    fn display_hides_the_password() {
+        let db = DbConfig::parse("postgres://user:hunter2@db.example.com:6543/app?sslmode=require")
+            .unwrap();
+        assert_eq!(db.to_string(), "db.example.com:6543/app");
+        assert!(!format!("{db:?}").contains("hunter2"));
+        assert!(db.tls_unverified());
+    }
+}

@@ -1,0 +1,134 @@
+//! One change of one cita, as read from `citas_realtime.events`, and its wire form.
+//!
+//! The wire form is built once per event ([`Event::to_frame`]) and the resulting frame is shared
+//! by every subscriber: a `Utf8Bytes` clone is a reference-count increment, not a copy.
+
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+/// The channel prefix of the protocol: `estadisticas:<negocio_id>`.
+pub const CHANNEL_PREFIX: &str = "estadisticas:";
+
+/// What happened to the cita.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Created,
+    Updated,
+    Deleted,
+    StatusChanged,
+}
+
+impl Action {
+    /// Parses the `action` column; `None` for anything this version does not know.
+    pub fn parse(text: &str) -> Option<Action> {
+        Some(match text {
+            "created" => Action::Created,
+            "updated" => Action::Updated,
+            "deleted" => Action::Deleted,
+            "status_changed" => Action::StatusChanged,
+            _ => return None,
+        })
+    }
+
+    /// The message `type` clients filter on: `cita_` + action.
+    pub fn message_type(self) -> &'static str {
+        match self {
+            Action::Created => "cita_created",
+            Action::Updated => "cita_updated",
+            Action::Deleted => "cita_deleted",
+            Action::StatusChanged => "cita_status_changed",
+        }
+    }
+}
+
+/// One row of the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub seq: i64,
+    pub negocio_id: String,
+    pub cita_id: String,
+    pub action: Action,
+    pub estado: Option<String>,
+    pub estado_anterior: Option<String>,
+    /// When the change was written, UTC, RFC 3339 with milliseconds (formatted by the query).
+    pub timestamp: String,
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channel: String,
+    data: WireData<'a>,
+}
+
+#[derive(Serialize)]
+struct WireData<'a> {
+    action: Action,
+    negocio_id: &'a str,
+    cita_id: &'a str,
+    estado: Option<&'a str>,
+    estado_anterior: Option<&'a str>,
+    seq: i64,
+    timestamp: &'a str,
+}
+
+impl Event {
+    /// The channel subscribers of this event's negocio listen on.
+    pub fn channel(&self) -> String {
+        format!("{CHANNEL_PREFIX}{}", self.negocio_id)
+    }
+
+    /// The JSON text frame every subscriber receives, built once.
+    pub fn to_frame(&self) -> Message {
+        let wire = Wire {
+            kind: self.action.message_type(),
+            channel: self.channel(),
+            data: WireData {
+                action: self.action,
+                negocio_id: &self.negocio_id,
+                cita_id: &self.cita_id,
+                estado: self.estado.as_deref(),
+                estado_anterior: self.estado_anterior.as_deref(),
+                seq: self.seq,
+                timestamp: &self.timestamp,
+            },
+        };
+        // Serializing plain strings and integers cannot fail.
+        let text = serde_json::to_string(&wire).unwrap_or_default();
+        Message::Text(Utf8Bytes::from(text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_matches_the_protocol() {
+        let ev = Event {
+            seq: 42,
+            negocio_id: "negocio_123".into(),
+            cita_id: "c1".into(),
+            action: Action::StatusChanged,
+            estado: Some("confirmada".into()),
+            estado_anterior: Some("pendiente".into()),
+            timestamp: "2026-11-28T10:00:00.123Z".into(),
+        };
+        let Message::Text(text) = ev.to_frame() else {
+            panic!("not a text frame")
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "type": "cita_status_changed",
+                "channel": "estadisticas:negocio_123",
+                "data": {"action": "status_changed", "negocio_id": "negocio_123", "cita_id": "c1",
+                         "estado": "confirmada", "estado_anterior": "pendiente", "seq": 42,
+                         "timestamp": "2026-11-28T10:00:00.123Z"}
+            })
+        );
+    }
+}

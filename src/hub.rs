@@ -1,0 +1,217 @@
+//! Who is subscribed to which negocio, and the fan-out of events to them.
+//!
+//! Every connection owns one bounded queue ([`tokio::sync::mpsc`]) of ready-to-send frames; the
+//! hub keeps, per negocio, the sending ends of the queues of its subscribers. Publishing an event
+//! serializes it once and `try_send`s a clone of the frame (a reference-count increment) to each
+//! subscriber. `try_send` never waits, so one slow client can never delay the others or the
+//! listener: a client whose queue is full is *kicked* (its connection closes with 1013 and it
+//! can resume) instead of being allowed to grow memory or to be skipped silently, which would
+//! break the "every event once, in order" promise.
+//!
+//! Lock choice: a `std::sync::RwLock` around the map. Publishing takes the read lock once per
+//! batch of events and never awaits while holding it; (un)subscribing takes the write lock for a
+//! vector push or remove. Negocios without subscribers have no entry, so their events cost a
+//! hash lookup and nothing else (not even serialization).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{PoisonError, RwLock};
+
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Event;
+
+/// Identifies one WebSocket connection.
+pub type ConnId = u64;
+
+/// The hub's handle on one connection: where to queue its frames, and how to kick it.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub id: ConnId,
+    pub queue: mpsc::Sender<Message>,
+    /// Cancelled by the hub when the queue overflowed: the connection must close with 1013.
+    pub kicked: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+pub struct Hub {
+    channels: RwLock<HashMap<String, Vec<Subscriber>>>,
+    next_id: AtomicU64,
+    connections: AtomicUsize,
+    delivered: AtomicU64,
+    kicked: AtomicU64,
+}
+
+/// Counters for `/health` and later for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct HubStats {
+    pub connections: usize,
+    pub channels: usize,
+    pub subscriptions: usize,
+    pub delivered: u64,
+    pub slow_clients_kicked: u64,
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub::default()
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts an open WebSocket; pair with [`Hub::connection_closed`].
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Adds `sub` to the subscribers of `negocio_id`; subscribing twice is harmless.
+    pub fn subscribe(&self, negocio_id: &str, sub: &Subscriber) {
+        let mut channels = self.channels.write().unwrap_or_else(PoisonError::into_inner);
+        let list = channels.entry(negocio_id.to_string()).or_default();
+        if !list.iter().any(|s| s.id == sub.id) {
+            list.push(sub.clone());
+        }
+    }
+
+    /// Removes connection `id` from `negocio_id`'s subscribers.
+    pub fn unsubscribe(&self, negocio_id: &str, id: ConnId) {
+        let mut channels = self.channels.write().unwrap_or_else(PoisonError::into_inner);
+        remove_from(&mut channels, negocio_id, id);
+    }
+
+    /// Removes connection `id` from all the given negocios (when it closes).
+    pub fn unsubscribe_all<'a>(&self, negocios: impl IntoIterator<Item = &'a String>, id: ConnId) {
+        let mut channels = self.channels.write().unwrap_or_else(PoisonError::into_inner);
+        for negocio_id in negocios {
+            remove_from(&mut channels, negocio_id, id);
+        }
+    }
+
+    /// Queues each event, in order, for every subscriber of its negocio.
+    pub fn publish(&self, events: &[Event]) {
+        let mut overflowed: Vec<(String, ConnId)> = Vec::new();
+        let mut delivered = 0u64;
+        {
+            let channels = self.channels.read().unwrap_or_else(PoisonError::into_inner);
+            for event in events {
+                let Some(subs) = channels.get(&event.negocio_id) else {
+                    continue;
+                };
+                let frame = event.to_frame();
+                for sub in subs {
+                    if sub.kicked.is_cancelled() {
+                        continue;
+                    }
+                    match sub.queue.try_send(frame.clone()) {
+                        Ok(()) => delivered += 1,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            sub.kicked.cancel();
+                            overflowed.push((event.negocio_id.clone(), sub.id));
+                        }
+                        // The connection is closing; it removes itself.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+            }
+        }
+        self.delivered.fetch_add(delivered, Ordering::Relaxed);
+        if !overflowed.is_empty() {
+            self.kicked
+                .fetch_add(overflowed.len() as u64, Ordering::Relaxed);
+            let mut channels = self.channels.write().unwrap_or_else(PoisonError::into_inner);
+            for (negocio_id, id) in overflowed {
+                remove_from(&mut channels, &negocio_id, id);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> HubStats {
+        let channels = self.channels.read().unwrap_or_else(PoisonError::into_inner);
+        HubStats {
+            connections: self.connections.load(Ordering::Relaxed),
+            channels: channels.len(),
+            subscriptions: channels.values().map(Vec::len).sum(),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            slow_clients_kicked: self.kicked.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn remove_from(channels: &mut HashMap<String, Vec<Subscriber>>, negocio_id: &str, id: ConnId) {
+    if let Some(list) = channels.get_mut(negocio_id) {
+        list.retain(|s| s.id != id);
+        if list.is_empty() {
+            channels.remove(negocio_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Action;
+
+    fn event(seq: i64, negocio: &str) -> Event {
+        Event {
+            seq,
+            negocio_id: negocio.into(),
+            cita_id: format!("c{seq}"),
+            action: Action::Created,
+            estado: Some("pendiente".into()),
+            estado_anterior: None,
+            timestamp: "2026-11-28T10:00:00.000Z".into(),
+        }
+    }
+
+    fn subscriber(hub: &Hub, capacity: usize) -> (Subscriber, mpsc::Receiver<Message>) {
+        let (queue, rx) = mpsc::channel(capacity);
+        let sub = Subscriber {
+            id: hub.next_conn_id(),
+            queue,
+            kicked: CancellationToken::new(),
+        };
+        (sub, rx)
+    }
+
+    #[test]
+    fn a_full_queue_kicks_only_its_owner() {
+        let hub = Hub::new();
+        let (slow, _slow_rx) = subscriber(&hub, 2);
+        let (fast, mut fast_rx) = subscriber(&hub, 16);
+        hub.subscribe("a", &slow);
+        hub.subscribe("a", &fast);
+        hub.publish(&[event(1, "a"), event(2, "a"), event(3, "a")]);
+        assert!(slow.kicked.is_cancelled());
+        assert!(!fast.kicked.is_cancelled());
+        for _ in 0..3 {
+            assert!(fast_rx.try_recv().is_ok());
+        }
+        let stats = hub.stats();
+        assert_eq!(stats.subscriptions, 1);
+        assert_eq!(stats.slow_clients_kicked, 1);
+    }
+
+    #[test]
+    fn events_reach_only_their_negocio() {
+        let hub = Hub::new();
+        let (a, mut a_rx) = subscriber(&hub, 16);
+        hub.subscribe("a", &a);
+        hub.publish(&[event(1, "b"), event(2, "a")]);
+        let Ok(Message::Text(text)) = a_rx.try_recv() else {
+            panic!("nothing queued")
+        };
+        assert!(text.contains("\"seq\":2"));
+        assert!(a_rx.try_recv().is_err());
+        hub.unsubscribe("a", a.id);
+        assert_eq!(hub.stats().channels, 0);
+    }
+}

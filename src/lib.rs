@@ -1,0 +1,47 @@
+//! citas-realtime: every change to a cita reaches the dashboards of its negocio, whoever wrote it.
+//!
+//! ```text
+//!  writers (REST API, psql, batch jobs)
+//!        │  INSERT / UPDATE / DELETE on public.citas
+//!        ▼
+//!  statement triggers (sql/install.sql) ── rows ──▶ citas_realtime.events (seq)
+//!        │ pg_notify('citas_realtime', ids only)          ▲
+//!        ▼                                                 │ read by seq
+//!  listener ── LISTEN on one connection, reads new rows ───┘
+//!        │ Event
+//!        ▼
+//!  hub ── per negocio: subscribers' bounded queues, one serialized frame shared by all
+//!        │
+//!        ▼
+//!  ws ── one task per WebSocket: control messages in, queued frames out
+//! ```
+//!
+//! A map of the crate, one concept per module:
+//!
+//! * [`config`]: the whole configuration, read once (environment, `.env`, flags) and passed down.
+//! * [`db`]: connecting to PostgreSQL with the TLS mode the URL asks for.
+//! * [`sql`]: the SQL files of `sql/`, embedded in the binary.
+//! * [`event`]: one row of the event log and its wire form.
+//! * [`listener`]: the only code that speaks `LISTEN`; turns notifications into log reads.
+//! * [`hub`]: who is subscribed to which negocio; fan-out with per-client bounded queues.
+//! * [`auth`]: JWT verification and the negocios a token grants.
+//! * [`protocol`]: the JSON messages clients send and receive.
+//! * [`ws`]: the WebSocket upgrade (after the token is verified) and the per-connection task.
+//! * [`server`]: HTTP routes, binding, startup and graceful shutdown of every task.
+//! * [`pgtemp`]: a private, throw-away PostgreSQL cluster for the demo and the tests.
+//! * [`demo`]: `citas-realtime demo`.
+//! * [`cli`]: the command line.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod event;
+pub mod hub;
+pub mod listener;
+pub mod pgtemp;
+pub mod protocol;
+pub mod server;
+pub mod sql;
+pub mod ws;

@@ -1,0 +1,381 @@
+//! The listener: the only code that speaks `LISTEN`.
+//!
+//! It keeps one PostgreSQL connection. Notifications on `citas_realtime` only *wake it up*; what
+//! it delivers always comes from reading `citas_realtime.events` by `seq`. That single path
+//! serves live delivery, batching under load (one read picks up every commit since the last),
+//! and catching up after a reconnect: the cursor survives the connection, so whatever committed
+//! while it was away is read on the first pass after `LISTEN` is re-issued.
+//!
+//! # Out-of-order commits
+//!
+//! `seq` is taken when a row is written, but rows become visible when their transaction commits,
+//! and transactions can commit out of `seq` order: a long transaction takes seq 10 and commits
+//! after seq 11 has been read. So the cursor alone would skip 10. Each read therefore also
+//! returns its snapshot's `xmin`/`xmax`, and every seq skipped below the cursor is remembered as
+//! a *gap*, tagged with the snapshot's `xmax`: whoever holds that seq already had a transaction
+//! id below `xmax` (it wrote its `citas` row first). Later reads ask for the gaps again; a gap is
+//! delivered when it shows up, and forgotten once a snapshot's `xmin` reaches its tag, because
+//! then its writer has ended without committing it (a rollback). No event is delivered twice:
+//! every seq is handed to the hub at most once per process.
+//!
+//! # Failure handling
+//!
+//! Any error (connection lost, query failure, a read that takes longer than [`QUERY_TIMEOUT`])
+//! ends the session; the listener reports itself down on `/health` and reconnects with capped,
+//! jittered exponential backoff. A read every [`POLL_INTERVAL`] even without notifications
+//! resolves gaps and proves the connection alive; TCP keepalives (see [`crate::db`]) catch a
+//! half-open connection beneath it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::{oneshot, Notify};
+use tokio_postgres::{AsyncMessage, Client, Row, Statement};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::db::{ConnectError, DbConfig};
+use crate::event::{Action, Event};
+use crate::hub::Hub;
+use crate::sql::NOTIFY_CHANNEL;
+
+/// Rows read from the log at a time.
+pub const READ_BATCH: i64 = 1000;
+/// A read that takes longer than this means the connection is not healthy.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read even when no notification came: resolves gaps, and detects a dead connection.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// At first start, seqs this far below the newest are checked for writers still in flight.
+const PRIME_WINDOW: i64 = 1000;
+/// Gap ranges remembered at most; past this the oldest are given up (and logged).
+const MAX_GAP_RANGES: usize = 10_000;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Shared, lock-free view of the listener for `/health`.
+#[derive(Debug, Default)]
+pub struct ListenerStatus {
+    connected: AtomicBool,
+    last_seq: AtomicI64,
+    reconnects: AtomicU64,
+}
+
+impl ListenerStatus {
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+    /// The highest seq read from the log so far.
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq.load(Ordering::Relaxed)
+    }
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] ConnectError),
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("connection closed")]
+    Closed,
+    #[error("a read of the event log took longer than {0:?}")]
+    Timeout(Duration),
+    #[error("the event log is missing: run sql/install.sql on this database ({0})")]
+    NotInstalled(tokio_postgres::Error),
+}
+
+pub struct Listener {
+    db: DbConfig,
+    hub: Arc<Hub>,
+    status: Arc<ListenerStatus>,
+    shutdown: CancellationToken,
+}
+
+impl Listener {
+    pub fn new(
+        db: DbConfig,
+        hub: Arc<Hub>,
+        status: Arc<ListenerStatus>,
+        shutdown: CancellationToken,
+    ) -> Listener {
+        Listener {
+            db,
+            hub,
+            status,
+            shutdown,
+        }
+    }
+
+    /// Runs until shutdown, reconnecting as long as it takes.
+    pub async fn run(self) {
+        let mut log = LogCursor::default();
+        let mut failures = 0u32;
+        while !self.shutdown.is_cancelled() {
+            match self.session(&mut log, &mut failures).await {
+                Ok(()) => break,
+                Err(error) => {
+                    if self.status.connected.swap(false, Ordering::AcqRel) {
+                        self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let delay = backoff(failures);
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "listener down");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        self.status.connected.store(false, Ordering::Release);
+        tracing::debug!("listener stopped");
+    }
+
+    async fn session(&self, log: &mut LogCursor, failures: &mut u32) -> Result<(), SessionError> {
+        let (client, mut connection) = self.db.connect().await?;
+        let wake = Arc::new(Notify::new());
+        let (closed_tx, mut closed_rx) = oneshot::channel();
+        // The connection future must be polled for anything to happen, and polled through
+        // `poll_message`: its plain `Future` impl drops notifications. This task never blocks:
+        // a notification only stores a wake-up permit, so PostgreSQL's queue never backs up
+        // behind us.
+        let wake_driver = wake.clone();
+        let _driver = AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            let outcome = loop {
+                match messages.next().await {
+                    Some(Ok(AsyncMessage::Notification(_))) => wake_driver.notify_one(),
+                    Some(Ok(AsyncMessage::Notice(notice))) => {
+                        tracing::debug!(message = notice.message(), "postgres notice")
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => break Some(error),
+                    None => break None,
+                }
+            };
+            let _ = closed_tx.send(outcome);
+        }));
+
+        client
+            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+            .await?;
+        let read = client
+            .prepare(READ_SQL)
+            .await
+            .map_err(SessionError::NotInstalled)?;
+
+        if log.cursor.is_none() {
+            let row = client
+                .query_one("select coalesce(max(seq), 0) from citas_realtime.events", &[])
+                .await?;
+            let newest: i64 = row.try_get(0)?;
+            log.cursor = Some((newest - PRIME_WINDOW).max(0));
+            // Already-committed rows are history, not news: read them without publishing, only
+            // to learn which seqs below the newest are still held by open transactions.
+            self.catch_up(&client, &read, log, false).await?;
+        }
+
+        self.status.connected.store(true, Ordering::Release);
+        *failures = 0;
+        tracing::info!(database = %self.db, last_seq = log.cursor.unwrap_or(0), "listener live");
+
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.catch_up(&client, &read, log, true).await?;
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = poll.tick() => {}
+                outcome = &mut closed_rx => {
+                    return Err(match outcome {
+                        Ok(Some(error)) => SessionError::Postgres(error),
+                        _ => SessionError::Closed,
+                    });
+                }
+                _ = self.shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads until the log has nothing newer, handing what it finds to the hub.
+    async fn catch_up(
+        &self,
+        client: &Client,
+        read: &Statement,
+        log: &mut LogCursor,
+        publish: bool,
+    ) -> Result<(), SessionError> {
+        loop {
+            let cursor = log.cursor.unwrap_or(0);
+            let (lows, highs) = log.gap_bounds();
+            let rows = tokio::time::timeout(
+                QUERY_TIMEOUT,
+                client.query(read, &[&cursor, &lows, &highs, &READ_BATCH]),
+            )
+            .await
+            .map_err(|_| SessionError::Timeout(QUERY_TIMEOUT))??;
+            let (events, new_rows) = log.absorb(&rows)?;
+            self.status.last_seq.store(log.cursor.unwrap_or(0), Ordering::Relaxed);
+            if publish && !events.is_empty() {
+                self.hub.publish(&events);
+            }
+            if new_rows < READ_BATCH as usize {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One read: the snapshot's bounds, the gaps that have become visible, then up to `$4` new
+/// rows after the cursor. The snapshot is the statement's own, so the bounds describe exactly
+/// what the rows were read under.
+const READ_SQL: &str = r#"
+with snap as (select pg_current_snapshot() as s)
+select pg_snapshot_xmin(snap.s)::text::bigint as xmin,
+       pg_snapshot_xmax(snap.s)::text::bigint as xmax,
+       e.seq, e.negocio_id, e.cita_id, e.action, e.estado, e.estado_anterior,
+       to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as ts
+from snap
+left join lateral (
+    (select ev.*
+       from unnest($2::bigint[], $3::bigint[]) as g(lo, hi)
+       join citas_realtime.events ev on ev.seq between g.lo and g.hi)
+    union all
+    (select ev.*
+       from citas_realtime.events ev
+      where ev.seq > $1
+      order by ev.seq
+      limit $4)
+) e on true
+order by e.seq
+"#;
+
+/// Where the listener is in the log: the highest seq read, and the seqs below it that may
+/// still commit (ranges `lo..=hi`, keyed by `lo`, each with the `xmax` that bounds its writer).
+#[derive(Debug, Default)]
+struct LogCursor {
+    cursor: Option<i64>,
+    gaps: BTreeMap<i64, (i64, i64)>,
+}
+
+impl LogCursor {
+    fn gap_bounds(&self) -> (Vec<i64>, Vec<i64>) {
+        self.gaps.iter().map(|(lo, (hi, _))| (*lo, *hi)).unzip()
+    }
+
+    /// Takes in one read's rows; returns the events to deliver and how many rows were new.
+    fn absorb(&mut self, rows: &[Row]) -> Result<(Vec<Event>, usize), tokio_postgres::Error> {
+        let Some(first) = rows.first() else {
+            return Ok((Vec::new(), 0));
+        };
+        let xmin: i64 = first.try_get("xmin")?;
+        let xmax: i64 = first.try_get("xmax")?;
+        let mut cursor = self.cursor.unwrap_or(0);
+        let mut events = Vec::with_capacity(rows.len());
+        let mut new_rows = 0;
+        for row in rows {
+            let Some(seq) = row.try_get::<_, Option<i64>>("seq")? else {
+                continue; // the snapshot-only row of an empty read
+            };
+            if seq <= cursor {
+                if !self.take_gap(seq) {
+                    continue; // already delivered; cannot happen, but never send twice
+                }
+            } else {
+                if seq > cursor + 1 {
+                    self.gaps.insert(cursor + 1, (seq - 1, xmax));
+                }
+                cursor = seq;
+                new_rows += 1;
+            }
+            if let Some(event) = decode(row, seq)? {
+                events.push(event);
+            }
+        }
+        self.cursor = Some(cursor);
+        // A gap whose writer has certainly ended (its tag is at or below this snapshot's xmin)
+        // and that this read did not return was rolled back: it will never appear.
+        self.gaps.retain(|_, (_, tag)| *tag > xmin);
+        while self.gaps.len() > MAX_GAP_RANGES {
+            if let Some((lo, (hi, _))) = self.gaps.pop_first() {
+                tracing::warn!(lo, hi, "giving up on an old gap in the event log");
+            }
+        }
+        Ok((events, new_rows))
+    }
+
+    /// Removes `seq` from the gaps; false when it was not in one.
+    fn take_gap(&mut self, seq: i64) -> bool {
+        let Some((&lo, &(hi, tag))) = self.gaps.range(..=seq).next_back() else {
+            return false;
+        };
+        if seq > hi {
+            return false;
+        }
+        self.gaps.remove(&lo);
+        if lo < seq {
+            self.gaps.insert(lo, (seq - 1, tag));
+        }
+        if seq < hi {
+            self.gaps.insert(seq + 1, (hi, tag));
+        }
+        true
+    }
+}
+
+fn decode(row: &Row, seq: i64) -> Result<Option<Event>, tokio_postgres::Error> {
+    let action: String = row.try_get("action")?;
+    let Some(action) = Action::parse(&action) else {
+        tracing::warn!(seq, action, "skipping an event with an unknown action");
+        return Ok(None);
+    };
+    Ok(Some(Event {
+        seq,
+        negocio_id: row.try_get("negocio_id")?,
+        cita_id: row.try_get("cita_id")?,
+        action,
+        estado: row.try_get("estado")?,
+        estado_anterior: row.try_get("estado_anterior")?,
+        timestamp: row.try_get("ts")?,
+    }))
+}
+
+/// Capped exponential backoff with jitter (50-100% of the step), so that many instances that
+/// lost the same database do not reconnect in lockstep.
+fn backoff(failures: u32) -> Duration {
+    let step = BACKOFF_MIN
+        .saturating_mul(1u32 << failures.min(16))
+        .min(BACKOFF_MAX);
+    step.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_split_when_filled() {
+        let mut log = LogCursor::default();
+        log.gaps.insert(10, (14, 100));
+        assert!(log.take_gap(12));
+        assert_eq!(log.gap_bounds(), (vec![10, 13], vec![11, 14]));
+        assert!(log.take_gap(10));
+        assert!(log.take_gap(14));
+        assert!(!log.take_gap(14));
+        assert_eq!(log.gap_bounds(), (vec![11, 13], vec![11, 13]));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) <= BACKOFF_MIN);
+        assert!(backoff(3) >= BACKOFF_MIN * 4);
+        assert!(backoff(40) <= BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,101 @@
+//! `citas-realtime`: parses the command line, sets up logging, runs the command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use citas_realtime::cli::{Cli, Command};
+use citas_realtime::config::Config;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    // A .env file is optional; a broken one is a configuration error like any other.
+    if let Err(error) = dotenvy::dotenv() {
+        if !error.not_found() {
+            eprintln!("error: .env: {error}");
+            return ExitCode::from(2);
+        }
+    }
+    let cli = Cli::parse();
+    if let Err(message) = init_logging(&cli.log_format) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match cli.command {
+        Some(Command::Demo(args)) => runtime.block_on(async {
+            citas_realtime::demo::run(args, stop_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Some(Command::Serve(args)) => serve(&runtime, &args),
+        None => serve(&runtime, &cli.serve),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    args: &citas_realtime::cli::ServeArgs,
+) -> anyhow::Result<ExitCode> {
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    runtime.block_on(async {
+        let server = citas_realtime::server::start(&config).await?;
+        stop_signal().cancelled().await;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+fn stop_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+fn init_logging(format: &str) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => return Err(format!("LOG_FORMAT is invalid: '{other}' is not text or json")),
+    }
+    Ok(())
+}

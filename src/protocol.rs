@@ -1,0 +1,119 @@
+//! The JSON text messages of the WebSocket protocol (events themselves are in [`crate::event`]).
+//!
+//! Client to server: `subscribe`, `unsubscribe`, `ping`. Server to client: `subscribed`,
+//! `unsubscribed`, `pong`, `error` (codes `bad_request`, `bad_channel`, `forbidden`) and the
+//! `cita_*` events. Unknown fields are ignored, so newer clients can send more.
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::event::CHANNEL_PREFIX;
+
+/// Longest negocio id accepted in a channel name.
+pub const MAX_NEGOCIO_ID_LEN: usize = 256;
+
+/// A message from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientMessage {
+    Subscribe { channel: String },
+    Unsubscribe { channel: String },
+    Ping,
+}
+
+/// Error codes clients branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    BadChannel,
+    Forbidden,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::BadChannel => "bad_channel",
+            ErrorCode::Forbidden => "forbidden",
+        }
+    }
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<ClientMessage, String> {
+    serde_json::from_str(text).map_err(|e| format!("invalid message: {e}"))
+}
+
+/// The negocio id of a channel name `estadisticas:<negocio_id>`.
+pub fn negocio_of(channel: &str) -> Result<&str, String> {
+    match channel.strip_prefix(CHANNEL_PREFIX) {
+        Some(id) if !id.is_empty() && id.len() <= MAX_NEGOCIO_ID_LEN => Ok(id),
+        Some(id) if !id.is_empty() => Err(format!(
+            "negocio id longer than {MAX_NEGOCIO_ID_LEN} bytes"
+        )),
+        _ => Err(format!(
+            "channel must be '{CHANNEL_PREFIX}<negocio_id>', got '{}'",
+            truncate(channel, 100)
+        )),
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+fn frame(value: serde_json::Value) -> Message {
+    Message::Text(Utf8Bytes::from(value.to_string()))
+}
+
+pub fn subscribed(channel: &str) -> Message {
+    frame(json!({"type": "subscribed", "channel": channel}))
+}
+
+pub fn unsubscribed(channel: &str) -> Message {
+    frame(json!({"type": "unsubscribed", "channel": channel}))
+}
+
+pub fn pong() -> Message {
+    frame(json!({"type": "pong"}))
+}
+
+/// An error reply; `channel` is set when the error is about one.
+pub fn error(code: ErrorCode, message: &str, channel: Option<&str>) -> Message {
+    let mut value = json!({"type": "error", "code": code.as_str(), "message": message});
+    if let Some(channel) = channel {
+        value["channel"] = channel.into();
+    }
+    frame(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_messages() {
+        assert_eq!(
+            parse(r#"{"type":"subscribe","channel":"estadisticas:a","since":3}"#),
+            Ok(ClientMessage::Subscribe {
+                channel: "estadisticas:a".into()
+            })
+        );
+        assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
+        assert!(parse(r#"{"type":"subscribe"}"#).is_err());
+        assert!(parse(r#"{"type":"dance"}"#).is_err());
+        assert!(parse("[1,2").is_err());
+    }
+
+    #[test]
+    fn channel_names() {
+        assert_eq!(negocio_of("estadisticas:negocio_1"), Ok("negocio_1"));
+        assert!(negocio_of("estadisticas:").is_err());
+        assert!(negocio_of("stats:a").is_err());
+        assert!(negocio_of(&format!("estadisticas:{}", "x".repeat(300))).is_err());
+    }
+}

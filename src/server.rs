@@ -1,0 +1,267 @@
+//! HTTP routes, binding, startup and graceful shutdown of every task.
+//!
+//! Routes: `GET /ws` (token verified *before* any upgrade), `GET /health`; anything else is a
+//! JSON 404/405. [`start`] returns a [`RunningServer`] with the address actually bound, which is
+//! what the tests and the demo use; `main` runs one until SIGTERM or Ctrl-C.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::upgrade::OnUpgrade;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::auth::{AuthError, Verifier};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::listener::{Listener, ListenerStatus};
+use crate::ws::{self, WsContext};
+
+/// Pending connections the kernel queues for us. warp's own bind uses 128, which makes a storm
+/// of reconnecting dashboards hit SYN retransmits (seconds of delay); the kernel caps this at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+/// How long shutdown waits for sockets to close before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A server that is up: its address, its shared state, and the handles to stop it.
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    pub status: Arc<ListenerStatus>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    http: JoinHandle<()>,
+    listener: JoinHandle<()>,
+}
+
+/// Binds, starts the listener and the HTTP server, and returns at once: the listener connects
+/// (and reconnects) in the background, and `/health` says when it is live.
+pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
+    let verifier = Arc::new(Verifier::new(&config.jwt_secret).context("JWT_SECRET is unusable")?);
+    let tcp = bind(config.bind_addr)
+        .with_context(|| format!("cannot listen on {} (BIND_ADDR)", config.bind_addr))?;
+    let local_addr = tcp.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let hub = Arc::new(Hub::new());
+    let status = Arc::new(ListenerStatus::default());
+
+    let listener = Listener::new(
+        config.database.clone(),
+        hub.clone(),
+        status.clone(),
+        shutdown.clone(),
+    );
+    let listener = tokio::spawn(listener.run());
+
+    let ctx = WsContext {
+        hub: hub.clone(),
+        queue_capacity: config.client_queue_capacity,
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+    };
+    let routes = routes(ctx, verifier, status.clone());
+    let http = tokio::spawn(
+        warp::serve(routes)
+            .incoming(tcp)
+            .graceful(shutdown.clone().cancelled_owned())
+            .run(),
+    );
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        address = %local_addr,
+        database = %config.database,
+        "citas-realtime serving"
+    );
+    if config.database.tls_unverified() {
+        tracing::warn!(
+            "DATABASE_URL uses sslmode={:?} without sslrootcert: the connection is encrypted but \
+             the server's certificate is not checked; use sslmode=verify-full and sslrootcert",
+            config.database.ssl_mode()
+        );
+    }
+    Ok(RunningServer {
+        local_addr,
+        hub,
+        status,
+        shutdown,
+        tasks,
+        http,
+        listener,
+    })
+}
+
+impl RunningServer {
+    /// Stops accepting, closes every socket with 1001 (going away), stops the listener, and
+    /// waits for all of it, at most a few seconds.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some clients did not close in time");
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.http).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.listener).await;
+        tracing::info!("stopped");
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+fn routes(
+    ctx: WsContext,
+    verifier: Arc<Verifier>,
+    status: Arc<ListenerStatus>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let hub = ctx.hub.clone();
+    let ws = warp::path!("ws")
+        .and(warp::get())
+        .and(
+            warp::query::<HashMap<String, String>>()
+                .or(warp::any().map(HashMap::new))
+                .unify(),
+        )
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .map(move |query: HashMap<String, String>, headers: HeaderMap, on_upgrade| {
+            upgrade(&ctx, &verifier, &query, &headers, on_upgrade)
+        });
+    let health = warp::path!("health").and(warp::get()).map(move || {
+        let connected = status.is_connected();
+        let stats = hub.stats();
+        let body = serde_json::json!({
+            "status": if connected { "ok" } else { "unavailable" },
+            "listener": if connected { "connected" } else { "disconnected" },
+            "last_seq": status.last_seq(),
+            "listener_reconnects": status.reconnects(),
+            "connections": stats.connections,
+            "subscriptions": stats.subscriptions,
+        });
+        let code = if connected {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(code, &body)
+    });
+    ws.or(health).unify().recover(rejection).unify()
+}
+
+/// `GET /ws`: token first, then the WebSocket handshake.
+fn upgrade(
+    ctx: &WsContext,
+    verifier: &Verifier,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+) -> Response {
+    let token = query.get("token").map(String::as_str).or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+    });
+    let principal = match token.map(|t| verifier.verify(t)) {
+        Some(Ok(principal)) => principal,
+        Some(Err(error)) => return unauthorized(&error),
+        None => return unauthorized(&AuthError::Missing),
+    };
+    if ctx.shutdown.is_cancelled() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    let has = |name: header::HeaderName, value: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(value))
+    };
+    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+        let mut response = error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket only",
+        );
+        response
+            .headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return response;
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return error_response(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
+    }
+    let (Some(key), Some(on_upgrade)) = (headers.get(header::SEC_WEBSOCKET_KEY), on_upgrade)
+    else {
+        return error_response(StatusCode::BAD_REQUEST, "not a valid WebSocket handshake");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    ws::spawn_connection(ctx.clone(), on_upgrade, principal);
+
+    let mut response = Response::default();
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+fn unauthorized(error: &AuthError) -> Response {
+    let mut response = error_response(StatusCode::UNAUTHORIZED, &error.to_string());
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+fn error_response(code: StatusCode, message: &str) -> Response {
+    json_response(code, &serde_json::json!({ "error": message }))
+}
+
+fn json_response(code: StatusCode, body: &serde_json::Value) -> Response {
+    warp::reply::with_status(warp::reply::json(body), code).into_response()
+}
+
+async fn rejection(rejection: Rejection) -> Result<Response, Infallible> {
+    Ok(if rejection.is_not_found() {
+        error_response(StatusCode::NOT_FOUND, "not found")
+    } else if rejection
+        .find::<warp::reject::MethodNotAllowed>()
+        .is_some()
+    {
+        error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    } else {
+        tracing::debug!(?rejection, "request rejected");
+        error_response(StatusCode::BAD_REQUEST, "bad request")
+    })
+}
