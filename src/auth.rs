@@ -102,20 +102,19 @@ impl Verifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data =
-            jsonwebtoken::decode::<Value>(token, &self.key, &self.validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                    ErrorKind::InvalidSignature => AuthError::BadSignature,
-                    ErrorKind::InvalidAlgorithm
-                    | ErrorKind::InvalidAlgorithmName
-                    | ErrorKind::UnsupportedAlgorithm
-                    | ErrorKind::MissingAlgorithm => AuthError::BadAlgorithm,
-                    ErrorKind::MissingRequiredClaim(_) => AuthError::NoExpiry,
-                    _ => AuthError::Malformed,
-                }
-            })?;
+        let data = jsonwebtoken::decode::<Value>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidAlgorithmName
+                | ErrorKind::UnsupportedAlgorithm
+                | ErrorKind::MissingAlgorithm => AuthError::BadAlgorithm,
+                ErrorKind::MissingRequiredClaim(_) => AuthError::NoExpiry,
+                _ => AuthError::Malformed,
+            },
+        )?;
         let claims = data.claims;
         let expires_at = claims
             .get("exp")
@@ -201,8 +200,14 @@ mod tests {
             grants_from_claims(&json!({"app_metadata": {"negocio_id": "c", "negocio_ids": ["d"]}})),
             set(&["c", "d"])
         );
-        assert_eq!(grants_from_claims(&json!({"role": "service_role"})), Grants::All);
-        assert_eq!(grants_from_claims(&json!({"role": "authenticated"})), set(&[]));
+        assert_eq!(
+            grants_from_claims(&json!({"role": "service_role"})),
+            Grants::All
+        );
+        assert_eq!(
+            grants_from_claims(&json!({"role": "authenticated"})),
+            set(&[])
+        );
         assert_eq!(
             grants_from_claims(&json!({"negocio_id": "", "negocio_ids": "x"})),
             set(&[])
@@ -213,16 +218,25 @@ mod tests {
     fn verify_round_trip_and_refusals() {
         let secret = Secret::new("a-test-secret-that-is-long-enough");
         let v = Verifier::new(&secret).unwrap();
-        let ok = mint_token(&secret, json!({"sub": "u", "negocio_id": "a"}), Duration::from_secs(60))
-            .unwrap();
+        let ok = mint_token(
+            &secret,
+            json!({"sub": "u", "negocio_id": "a"}),
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let p = v.verify(&ok).unwrap();
         assert_eq!(p.subject.as_deref(), Some("u"));
         assert!(p.grants.allows("a") && !p.grants.allows("b"));
 
-        let other = mint_token(&Secret::new("another-secret"), json!({}), Duration::from_secs(60))
-            .unwrap();
+        let other = mint_token(
+            &Secret::new("another-secret"),
+            json!({}),
+            Duration::from_secs(60),
+        )
+        .unwrap();
         assert_eq!(v.verify(&other).unwrap_err(), AuthError::BadSignature);
-        let expired = mint_token(&secret, json!({"exp": now_secs() - 3600}), Duration::ZERO).unwrap();
+        let expired =
+            mint_token(&secret, json!({"exp": now_secs() - 3600}), Duration::ZERO).unwrap();
         assert_eq!(v.verify(&expired).unwrap_err(), AuthError::Expired);
         assert_eq!(v.verify("not.a.jwt").unwrap_err(), AuthError::Malformed);
         assert_eq!(v.verify("").unwrap_err(), AuthError::Missing);

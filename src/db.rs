@@ -43,11 +43,9 @@ impl FromStr for SslMode {
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
-            other => {
-                return Err(format!(
-                    "sslmode '{other}' is not one of disable, prefer, require, verify-ca, verify-full"
-                ))
-            }
+            other => return Err(format!(
+                "sslmode '{other}' is not one of disable, prefer, require, verify-ca, verify-full"
+            )),
         })
     }
 }
@@ -248,7 +246,10 @@ mod tests {
             "postgres://u:p@db.example.com:5432/postgres?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.crt&connect_timeout=30",
         )
         .unwrap();
-        assert_eq!(rest, "postgres://u:p@db.example.com:5432/postgres?connect_timeout=30");
+        assert_eq!(
+            rest,
+            "postgres://u:p@db.example.com:5432/postgres?connect_timeout=30"
+        );
         assert_eq!(mode, SslMode::VerifyFull);
         assert_eq!(cert.as_deref(), Some("/tmp/ca.crt"));
     }

@@ -75,7 +75,10 @@ impl Hub {
 
     /// Adds `sub` to the subscribers of `negocio_id`; subscribing twice is harmless.
     pub fn subscribe(&self, negocio_id: &str, sub: &Subscriber) {
-        let mut channels = self.channels.write().unwrap_or_else(PoisonError::into_inner);
+        let mut channels = self
+            .channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let list = channels.entry(negocio_id.to_string()).or_default();
         if !list.iter().any(|s| s.id == sub.id) {
             list.push(sub.clone());
@@ -84,13 +87,19 @@ impl Hub {
 
     /// Removes connection `id` from `negocio_id`'s subscribers.
     pub fn unsubscribe(&self, negocio_id: &str, id: ConnId) {
-        let mut channels = self.channels.write().unwrap_or_else(PoisonError::into_inner);
+        let mut channels = self
+            .channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         remove_from(&mut channels, negocio_id, id);
     }
 
     /// Removes connection `id` from all the given negocios (when it closes).
     pub fn unsubscribe_all<'a>(&self, negocios: impl IntoIterator<Item = &'a String>, id: ConnId) {
-        let mut channels = self.channels.write().unwrap_or_else(PoisonError::into_inner);
+        let mut channels = self
+            .channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         for negocio_id in negocios {
             remove_from(&mut channels, negocio_id, id);
         }
@@ -127,7 +136,10 @@ impl Hub {
         if !overflowed.is_empty() {
             self.kicked
                 .fetch_add(overflowed.len() as u64, Ordering::Relaxed);
-            let mut channels = self.channels.write().unwrap_or_else(PoisonError::into_inner);
+            let mut channels = self
+                .channels
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
             for (negocio_id, id) in overflowed {
                 remove_from(&mut channels, &negocio_id, id);
             }

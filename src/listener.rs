@@ -173,7 +173,10 @@ impl Listener {
 
         if log.cursor.is_none() {
             let row = client
-                .query_one("select coalesce(max(seq), 0) from citas_realtime.events", &[])
+                .query_one(
+                    "select coalesce(max(seq), 0) from citas_realtime.events",
+                    &[],
+                )
                 .await?;
             let newest: i64 = row.try_get(0)?;
             log.cursor = Some((newest - PRIME_WINDOW).max(0));
@@ -222,7 +225,9 @@ impl Listener {
             .await
             .map_err(|_| SessionError::Timeout(QUERY_TIMEOUT))??;
             let (events, new_rows) = log.absorb(&rows)?;
-            self.status.last_seq.store(log.cursor.unwrap_or(0), Ordering::Relaxed);
+            self.status
+                .last_seq
+                .store(log.cursor.unwrap_or(0), Ordering::Relaxed);
             if publish && !events.is_empty() {
                 self.hub.publish(&events);
             }

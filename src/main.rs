@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use citas_realtime::cli::{Cli, Command};
 use citas_realtime::config::Config;
+use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -95,7 +95,11 @@ fn init_logging(format: &str) -> Result<(), String> {
     match format {
         "text" => builder.init(),
         "json" => builder.json().init(),
-        other => return Err(format!("LOG_FORMAT is invalid: '{other}' is not text or json")),
+        other => {
+            return Err(format!(
+                "LOG_FORMAT is invalid: '{other}' is not text or json"
+            ))
+        }
     }
     Ok(())
 }

@@ -205,8 +205,7 @@ impl TempPostgres {
     fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            let alive =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), None).is_ok();
+            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), None).is_ok();
             let ready = Command::new(self.bindir.join("pg_isready"))
                 .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
                 .args(["-U", "postgres", "-d", "postgres"])

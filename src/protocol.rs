@@ -49,9 +49,9 @@ pub fn parse(text: &str) -> Result<ClientMessage, String> {
 pub fn negocio_of(channel: &str) -> Result<&str, String> {
     match channel.strip_prefix(CHANNEL_PREFIX) {
         Some(id) if !id.is_empty() && id.len() <= MAX_NEGOCIO_ID_LEN => Ok(id),
-        Some(id) if !id.is_empty() => Err(format!(
-            "negocio id longer than {MAX_NEGOCIO_ID_LEN} bytes"
-        )),
+        Some(id) if !id.is_empty() => {
+            Err(format!("negocio id longer than {MAX_NEGOCIO_ID_LEN} bytes"))
+        }
         _ => Err(format!(
             "channel must be '{CHANNEL_PREFIX}<negocio_id>', got '{}'",
             truncate(channel, 100)

@@ -147,9 +147,11 @@ fn routes(
         )
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
-        .map(move |query: HashMap<String, String>, headers: HeaderMap, on_upgrade| {
-            upgrade(&ctx, &verifier, &query, &headers, on_upgrade)
-        });
+        .map(
+            move |query: HashMap<String, String>, headers: HeaderMap, on_upgrade| {
+                upgrade(&ctx, &verifier, &query, &headers, on_upgrade)
+            },
+        );
     let health = warp::path!("health").and(warp::get()).map(move || {
         let connected = status.is_connected();
         let stats = hub.stats();
@@ -183,7 +185,10 @@ fn upgrade(
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
     });
     let principal = match token.map(|t| verifier.verify(t)) {
         Some(Ok(principal)) => principal,
@@ -217,8 +222,7 @@ fn upgrade(
     {
         return error_response(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
     }
-    let (Some(key), Some(on_upgrade)) = (headers.get(header::SEC_WEBSOCKET_KEY), on_upgrade)
-    else {
+    let (Some(key), Some(on_upgrade)) = (headers.get(header::SEC_WEBSOCKET_KEY), on_upgrade) else {
         return error_response(StatusCode::BAD_REQUEST, "not a valid WebSocket handshake");
     };
     let accept = derive_accept_key(key.as_bytes());
@@ -237,10 +241,9 @@ fn upgrade(
 
 fn unauthorized(error: &AuthError) -> Response {
     let mut response = error_response(StatusCode::UNAUTHORIZED, &error.to_string());
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer"),
-    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
@@ -255,10 +258,7 @@ fn json_response(code: StatusCode, body: &serde_json::Value) -> Response {
 async fn rejection(rejection: Rejection) -> Result<Response, Infallible> {
     Ok(if rejection.is_not_found() {
         error_response(StatusCode::NOT_FOUND, "not found")
-    } else if rejection
-        .find::<warp::reject::MethodNotAllowed>()
-        .is_some()
-    {
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
     } else {
         tracing::debug!(?rejection, "request rejected");

@@ -212,7 +212,11 @@ fn handle(
             let negocio = match protocol::negocio_of(&channel) {
                 Ok(negocio) => negocio,
                 Err(reason) => {
-                    return Some(protocol::error(ErrorCode::BadChannel, &reason, Some(&channel)))
+                    return Some(protocol::error(
+                        ErrorCode::BadChannel,
+                        &reason,
+                        Some(&channel),
+                    ))
                 }
             };
             if !principal.grants.allows(negocio) {
@@ -230,7 +234,11 @@ fn handle(
             let negocio = match protocol::negocio_of(&channel) {
                 Ok(negocio) => negocio,
                 Err(reason) => {
-                    return Some(protocol::error(ErrorCode::BadChannel, &reason, Some(&channel)))
+                    return Some(protocol::error(
+                        ErrorCode::BadChannel,
+                        &reason,
+                        Some(&channel),
+                    ))
                 }
             };
             if subscriptions.remove(negocio) {

@@ -1,0 +1,218 @@
+//! End to end: SQL writes by any writer reach the right subscribers, once each, in order.
+
+use std::collections::HashMap;
+
+use rand::Rng;
+use serde_json::json;
+
+use crate::helpers::{brief, spawn_app, token, TestDb};
+
+#[tokio::test]
+async fn every_action_reaches_the_subscriber_with_the_documented_shape() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut ws = app.subscriber(&["negocio_123"]).await;
+
+    db.execute("insert into citas (id, negocio_id) values ('00000000-0000-0000-0000-0000000000aa', 'negocio_123')").await;
+    let created = ws.expect("cita_created").await;
+    assert_eq!(created["channel"], "estadisticas:negocio_123");
+    let data = &created["data"];
+    assert_eq!(data["action"], "created");
+    assert_eq!(data["negocio_id"], "negocio_123");
+    assert_eq!(data["cita_id"], "00000000-0000-0000-0000-0000000000aa");
+    assert_eq!(data["estado"], "pendiente");
+    assert_eq!(data["estado_anterior"], serde_json::Value::Null);
+    assert!(data["seq"].as_i64().is_some_and(|s| s > 0));
+    let ts = data["timestamp"].as_str().unwrap_or_default();
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "timestamp not RFC 3339 UTC with milliseconds: {ts}"
+    );
+
+    db.execute("update citas set estado = 'confirmada'").await;
+    let changed = ws.expect("cita_status_changed").await;
+    assert_eq!(changed["data"]["action"], "status_changed");
+    assert_eq!(changed["data"]["estado"], "confirmada");
+    assert_eq!(changed["data"]["estado_anterior"], "pendiente");
+
+    // An update that changes nothing sends nothing: the next event is the real update after it.
+    db.execute("update citas set estado = estado").await;
+    db.execute("update citas set hora_inicio = '10:00'").await;
+    let updated = ws.expect("cita_updated").await;
+    assert_eq!(updated["data"]["action"], "updated");
+    assert_eq!(updated["data"]["estado"], "confirmada");
+
+    // A rolled-back transaction sends nothing either.
+    db.execute("begin").await;
+    db.execute("delete from citas").await;
+    db.execute("rollback").await;
+    db.execute("delete from citas").await;
+    let deleted = ws.expect("cita_deleted").await;
+    assert_eq!(deleted["data"]["action"], "deleted");
+    assert_eq!(
+        deleted["data"]["cita_id"],
+        "00000000-0000-0000-0000-0000000000aa"
+    );
+
+    let seqs: Vec<i64> = [&created, &changed, &updated, &deleted]
+        .iter()
+        .map(|e| e["data"]["seq"].as_i64().unwrap_or_default())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seqs not increasing: {seqs:?}"
+    );
+}
+
+#[tokio::test]
+async fn moving_a_cita_tells_both_negocios() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut a = app.subscriber(&["a"]).await;
+    let mut b = app.subscriber(&["b"]).await;
+    db.execute("insert into citas (negocio_id) values ('a')")
+        .await;
+    a.expect("cita_created").await;
+    db.execute("update citas set negocio_id = 'b'").await;
+    let gone = a.expect("cita_deleted").await;
+    let came = b.expect("cita_created").await;
+    assert_eq!(gone["data"]["cita_id"], came["data"]["cita_id"]);
+    assert!(gone["data"]["seq"].as_i64() < came["data"]["seq"].as_i64());
+}
+
+#[tokio::test]
+async fn fifty_consecutive_writes_arrive_once_each_in_order() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut ws = app.subscriber(&["n"]).await;
+    for i in 0..50 {
+        db.execute(&format!(
+            "insert into citas (negocio_id, cliente_id) values ('n', 'c{i}')"
+        ))
+        .await;
+    }
+    let events = ws.events(50).await;
+    let seqs: Vec<i64> = events.iter().map(|e| brief(e).2).collect();
+    let logged: Vec<i64> = db.logged("n").await.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs, logged,
+        "every logged event exactly once, in seq order"
+    );
+    // Nothing more is pending: the next message is the answer to this ping.
+    ws.send(json!({"type": "ping"})).await;
+    ws.expect("pong").await;
+}
+
+#[tokio::test]
+async fn a_multi_row_statement_delivers_every_row() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut ws = app.subscriber(&["bulk"]).await;
+    db.execute("insert into citas (negocio_id) select 'bulk' from generate_series(1, 2000)")
+        .await;
+    let events = ws.events(2000).await;
+    let seqs: Vec<i64> = events.iter().map(|e| brief(e).2).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] + 1 == w[1]),
+        "not contiguous, in order"
+    );
+}
+
+#[tokio::test]
+async fn clients_see_exactly_their_negocios_among_twenty() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let negocios: Vec<String> = (0..20).map(|i| format!("neg_{i}")).collect();
+    // One client per negocio, plus one holding two negocios and a service client seeing all.
+    let mut clients = Vec::new();
+    for n in &negocios {
+        clients.push((vec![n.clone()], app.subscriber(&[n.as_str()]).await));
+    }
+    clients.push((
+        vec![negocios[3].clone(), negocios[7].clone()],
+        app.subscriber(&[negocios[3].as_str(), negocios[7].as_str()])
+            .await,
+    ));
+    let mut service = app.ws(&token(json!({"role": "service_role"}))).await;
+    for n in &negocios {
+        service.subscribe(n).await;
+    }
+
+    {
+        let mut rng = rand::rng();
+        for _ in 0..200 {
+            let n = &negocios[rng.random_range(0..negocios.len())];
+            let sql = match rng.random_range(0..4) {
+                0 | 1 => format!("insert into citas (negocio_id) values ('{n}')"),
+                2 => format!(
+                    "update citas set estado = (array['confirmada','completada','cancelada'])[1 + floor(random()*3)::int]
+                     where id = (select id from citas where negocio_id = '{n}' limit 1)"
+                ),
+                _ => format!(
+                    "delete from citas where id = (select id from citas where negocio_id = '{n}' limit 1)"
+                ),
+            };
+            db.client.execute(sql.as_str(), &[]).await.unwrap();
+        }
+    }
+    // What each negocio should have seen is exactly what the log holds for it.
+    let mut expected: HashMap<String, Vec<i64>> = HashMap::new();
+    for n in &negocios {
+        expected.insert(
+            n.clone(),
+            db.logged(n).await.iter().map(|(s, _)| *s).collect(),
+        );
+    }
+    for (granted, ws) in clients.iter_mut() {
+        let mut want: Vec<i64> = granted.iter().flat_map(|n| expected[n].clone()).collect();
+        want.sort();
+        let got = ws.events(want.len()).await;
+        for e in &got {
+            let (_, negocio, _) = brief(e);
+            assert!(granted.contains(&negocio), "client of {granted:?} got {e}");
+        }
+        let seqs: Vec<i64> = got.iter().map(|e| brief(e).2).collect();
+        assert_eq!(seqs, want, "client of {granted:?}");
+        ws.send(json!({"type": "ping"})).await;
+        ws.expect("pong").await;
+    }
+    let total: usize = expected.values().map(Vec::len).sum();
+    assert_eq!(service.events(total).await.len(), total);
+}
+
+#[tokio::test]
+async fn two_instances_on_one_database_both_deliver() {
+    let db = TestDb::new().await;
+    let one = spawn_app(&db.url).await;
+    let two = spawn_app(&db.url).await;
+    let mut a = one.subscriber(&["shared"]).await;
+    let mut b = two.subscriber(&["shared"]).await;
+    for _ in 0..10 {
+        db.execute("insert into citas (negocio_id) values ('shared')")
+            .await;
+    }
+    let from_one: Vec<i64> = a.events(10).await.iter().map(|e| brief(e).2).collect();
+    let from_two: Vec<i64> = b.events(10).await.iter().map(|e| brief(e).2).collect();
+    assert_eq!(from_one, from_two);
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_the_events() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut ws = app.subscriber(&["x", "y"]).await;
+    ws.send(json!({"type": "unsubscribe", "channel": "estadisticas:x"}))
+        .await;
+    let reply = ws.expect("unsubscribed").await;
+    assert_eq!(reply["channel"], "estadisticas:x");
+    db.execute("insert into citas (negocio_id) values ('x')")
+        .await;
+    db.execute("insert into citas (negocio_id) values ('y')")
+        .await;
+    let next = ws.events(1).await;
+    assert_eq!(
+        brief(&next[0]).1,
+        "y",
+        "x's event must not arrive after unsubscribe"
+    );
+}

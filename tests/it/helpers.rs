@@ -1,0 +1,317 @@
+//! Shared test helpers: a real PostgreSQL (one private cluster per test binary, one database per
+//! test), real servers on real ports, real WebSocket clients.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use citas_realtime::auth::mint_token;
+use citas_realtime::cli::ServeArgs;
+use citas_realtime::config::{Config, Secret};
+use citas_realtime::pgtemp::TempPostgres;
+use citas_realtime::server::RunningServer;
+use citas_realtime::sql;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_postgres::{Client, NoTls};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any expected message may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+pub const SECRET: &str = "test-secret-for-citas-realtime-0123456789";
+
+static CLUSTER: OnceLock<Result<TempPostgres, String>> = OnceLock::new();
+
+/// The test binary's private cluster, started on first use and removed when the process exits.
+pub fn cluster() -> &'static TempPostgres {
+    let cluster = CLUSTER.get_or_init(|| TempPostgres::start().map_err(|e| format!("{e:#}")));
+    match cluster {
+        Ok(pg) => pg,
+        Err(e) => panic!("the tests need PostgreSQL server binaries and could not start one: {e}"),
+    }
+}
+
+/// Connects a plain client and drives its connection in the background.
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// A database of this test's own, with the example schema and our SQL installed. Dropped (with
+/// every connection to it) when the value is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    /// A writer's connection: tests write through plain SQL, as any writer would.
+    pub client: Client,
+    admin_url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let db = TestDb::empty().await;
+        db.client
+            .batch_execute(sql::EXAMPLE_SCHEMA)
+            .await
+            .expect("example schema");
+        db.client
+            .batch_execute(sql::INSTALL)
+            .await
+            .expect("install.sql");
+        db
+    }
+
+    /// A database with nothing in it.
+    pub async fn empty() -> TestDb {
+        TestDb::on(cluster().url("postgres")).await
+    }
+
+    /// A fresh database on the cluster behind `admin_url` (its `postgres` database).
+    pub async fn on(admin_url: String) -> TestDb {
+        let name = format!("t_{:016x}", rand::random::<u64>());
+        let admin = connect(&admin_url).await;
+        admin
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .expect("create database");
+        let url = admin_url.replace("/postgres?", &format!("/{name}?"));
+        let client = connect(&url).await;
+        TestDb {
+            name,
+            url,
+            client,
+            admin_url,
+        }
+    }
+
+    pub async fn execute(&self, sql: &str) -> u64 {
+        self.client
+            .execute(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The events the log holds for a negocio, as (seq, action), in seq order.
+    pub async fn logged(&self, negocio: &str) -> Vec<(i64, String)> {
+        self.client
+            .query(
+                "select seq, action from citas_realtime.events where negocio_id = $1 order by seq",
+                &[&negocio],
+            )
+            .await
+            .expect("read events")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop cannot await: a short-lived runtime on its own thread does the cleanup.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&admin_url, NoTls).await.ok()?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("drop database if exists {name} with (force)"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A server started for a test, on a free port.
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub server: Option<RunningServer>,
+}
+
+/// Starts a server on `db` and waits until its listener is live.
+pub async fn spawn_app(db_url: &str) -> TestApp {
+    let config = Config::from_args(&ServeArgs {
+        database_url: Some(db_url.to_string()),
+        jwt_secret: Some(SECRET.to_string()),
+        bind_addr: Some("127.0.0.1:0".to_string()),
+        client_queue_capacity: None,
+    })
+    .expect("test config");
+    spawn_app_with(config).await
+}
+
+pub async fn spawn_app_with(config: Config) -> TestApp {
+    let server = citas_realtime::server::start(&config)
+        .await
+        .expect("server starts");
+    let app = TestApp {
+        addr: server.local_addr,
+        server: Some(server),
+    };
+    app.wait_health(200).await;
+    app
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Polls `/health` until it answers `status`.
+    pub async fn wait_health(&self, status: u16) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(resp) = reqwest::get(self.url("/health")).await {
+                if resp.status().as_u16() == status {
+                    return resp.json().await.expect("health body is JSON");
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/health did not answer {status} within {DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Opens a WebSocket with `?token=`.
+    pub async fn ws(&self, token: &str) -> Ws {
+        let url = format!("ws://{}/ws?token={token}", self.addr);
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        Ws { socket }
+    }
+
+    /// A client subscribed to each negocio the list names, with a token for exactly those.
+    pub async fn subscriber(&self, negocios: &[&str]) -> Ws {
+        let mut ws = self.ws(&token(json!({ "negocio_ids": negocios }))).await;
+        for negocio in negocios {
+            ws.subscribe(negocio).await;
+        }
+        ws
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            // Best effort when a test ends without shutting down: stop its tasks.
+            tokio::spawn(server.shutdown());
+        }
+    }
+}
+
+/// A token signed with the test secret, valid for an hour, with these claims.
+pub fn token(claims: Value) -> String {
+    mint_token(&Secret::new(SECRET), claims, Duration::from_secs(3600)).expect("mint token")
+}
+
+/// A WebSocket client that speaks JSON.
+pub struct Ws {
+    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn send(&mut self, value: Value) {
+        self.socket
+            .send(Message::text(value.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket.send(Message::text(text)).await.expect("send");
+    }
+
+    /// The next JSON message; fails the test after [`DEADLINE`].
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(DEADLINE, self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("no message within {DEADLINE:?}"))
+                .expect("socket closed")
+                .expect("socket error");
+            match msg {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text).expect("server sent JSON")
+                }
+                Message::Close(frame) => panic!("socket closed by the server: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next message, which must be of `type`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let msg = self.next().await;
+        assert_eq!(msg["type"], kind, "unexpected message: {msg}");
+        msg
+    }
+
+    pub async fn subscribe(&mut self, negocio: &str) {
+        let channel = format!("estadisticas:{negocio}");
+        self.send(json!({"type": "subscribe", "channel": channel}))
+            .await;
+        let reply = self.expect("subscribed").await;
+        assert_eq!(reply["channel"], channel);
+    }
+
+    /// The next `n` events (messages whose type starts with `cita_`).
+    pub async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let msg = self.next().await;
+            let kind = msg["type"].as_str().unwrap_or_default();
+            assert!(kind.starts_with("cita_"), "expected an event, got {msg}");
+            out.push(msg);
+        }
+        out
+    }
+
+    /// Reads until the server closes the socket; returns the close code.
+    pub async fn closed(&mut self) -> Option<CloseCode> {
+        loop {
+            let msg = tokio::time::timeout(DEADLINE, self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("socket not closed within {DEADLINE:?}"));
+            match msg {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
+
+/// `(type, negocio_id, seq)` of an event message, for compact assertions.
+pub fn brief(event: &Value) -> (String, String, i64) {
+    (
+        event["type"].as_str().unwrap_or_default().to_string(),
+        event["data"]["negocio_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        event["data"]["seq"].as_i64().unwrap_or_default(),
+    )
+}

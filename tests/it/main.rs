@@ -1,0 +1,10 @@
+//! The integration tests: one binary, so the private PostgreSQL cluster and the helpers are
+//! shared. Every test owns its database; tests run in parallel.
+
+mod auth;
+mod cli;
+mod delivery;
+mod helpers;
+mod protocol;
+mod resilience;
+mod sql;

@@ -1,0 +1,232 @@
+//! What the DBA installs: install.sql, uninstall.sql, and the events the triggers write.
+
+use crate::helpers::TestDb;
+use citas_realtime::sql::{EXAMPLE_SCHEMA, INSTALL, UNINSTALL};
+
+#[tokio::test]
+async fn install_is_idempotent_and_uninstall_keeps_the_rows() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(INSTALL)
+        .await
+        .expect("second install is clean");
+    db.execute("insert into citas (negocio_id) values ('a'), ('a')")
+        .await;
+    assert_eq!(
+        db.logged("a").await.len(),
+        2,
+        "exactly one event per row, not per install"
+    );
+
+    db.client.batch_execute(UNINSTALL).await.expect("uninstall");
+    db.client
+        .batch_execute(UNINSTALL)
+        .await
+        .expect("uninstall twice");
+    let schema: i64 = db
+        .client
+        .query_one(
+            "select count(*) from pg_namespace where nspname = 'citas_realtime'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schema, 0);
+    let triggers: i64 = db
+        .client
+        .query_one(
+            "select count(*) from pg_trigger where tgname like 'citas_realtime%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(triggers, 0);
+    assert_eq!(
+        db.execute("select * from citas").await,
+        2,
+        "uninstall never touches citas"
+    );
+    // Writes go on without us.
+    db.execute("insert into citas (negocio_id) values ('b')")
+        .await;
+    db.client.batch_execute(INSTALL).await.expect("reinstall");
+    db.execute("insert into citas (negocio_id) values ('b')")
+        .await;
+    assert_eq!(db.logged("b").await.len(), 1);
+}
+
+#[tokio::test]
+async fn install_without_citas_fails_clearly() {
+    let db = TestDb::empty().await;
+    let err = db
+        .client
+        .batch_execute(INSTALL)
+        .await
+        .expect_err("must fail");
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("public.citas does not exist"),
+        "unclear message: {message}"
+    );
+    // install.sql runs in its own transaction block: a client must roll it back after a failure.
+    db.execute("rollback").await;
+    let schema: i64 = db
+        .client
+        .query_one(
+            "select count(*) from pg_namespace where nspname = 'citas_realtime'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schema, 0, "a failed install leaves nothing behind");
+}
+
+/// negocio_id, cita_id, action, estado, estado_anterior
+type LoggedEvent = (String, String, String, Option<String>, Option<String>);
+
+#[tokio::test]
+async fn every_action_is_logged_with_its_fields() {
+    let db = TestDb::new().await;
+    db.execute(
+        "insert into citas (id, negocio_id) values ('00000000-0000-0000-0000-000000000001', 'n1')",
+    )
+    .await;
+    db.execute("update citas set estado = 'confirmada'").await;
+    db.execute("update citas set cliente_id = 'c9'").await;
+    db.execute("update citas set cliente_id = 'c9'").await; // changes nothing: no event
+    db.execute("update citas set negocio_id = 'n2'").await;
+    db.execute("begin").await;
+    db.execute("insert into citas (negocio_id) values ('n1')")
+        .await;
+    db.execute("rollback").await;
+    db.execute("delete from citas").await;
+
+    let rows = db
+        .client
+        .query(
+            "select negocio_id, cita_id, action, estado, estado_anterior
+             from citas_realtime.events order by seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<LoggedEvent> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    let id = "00000000-0000-0000-0000-000000000001".to_string();
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        got,
+        vec![
+            (
+                "n1".into(),
+                id.clone(),
+                "created".into(),
+                s("pendiente"),
+                None
+            ),
+            (
+                "n1".into(),
+                id.clone(),
+                "status_changed".into(),
+                s("confirmada"),
+                s("pendiente")
+            ),
+            (
+                "n1".into(),
+                id.clone(),
+                "updated".into(),
+                s("confirmada"),
+                None
+            ),
+            (
+                "n1".into(),
+                id.clone(),
+                "deleted".into(),
+                s("confirmada"),
+                None
+            ),
+            (
+                "n2".into(),
+                id.clone(),
+                "created".into(),
+                s("confirmada"),
+                None
+            ),
+            (
+                "n2".into(),
+                id.clone(),
+                "deleted".into(),
+                s("confirmada"),
+                None
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn any_id_types_work_and_events_carry_text() {
+    let db = TestDb::empty().await;
+    db.client
+        .batch_execute(
+            "create table public.citas (id bigint generated always as identity primary key,
+                                        negocio_id bigint not null,
+                                        estado text not null default 'pendiente',
+                                        notas json)",
+        )
+        .await
+        .unwrap();
+    db.client
+        .batch_execute(INSTALL)
+        .await
+        .expect("install on bigint ids");
+    db.execute("insert into citas (negocio_id, notas) values (42, '{\"a\":1}')")
+        .await;
+    // json has no equality operator: the update comparison must still work.
+    db.execute("update citas set notas = '{\"a\":2}'").await;
+    assert_eq!(
+        db.logged("42")
+            .await
+            .iter()
+            .map(|(_, a)| a.as_str())
+            .collect::<Vec<_>>(),
+        ["created", "updated"]
+    );
+    let cita: String = db
+        .client
+        .query_one("select cita_id from citas_realtime.events limit 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cita, "1");
+}
+
+#[tokio::test]
+async fn a_large_statement_sends_one_small_notification() {
+    let db = TestDb::new().await;
+    // 5,000 rows with long negocio ids in one statement: the writer must not fail (the NOTIFY
+    // payload limit is 8,000 bytes) and every row gets its event.
+    let n = db
+        .execute(&format!(
+            "insert into citas (negocio_id) select '{}' || g from generate_series(1, 5000) g",
+            "x".repeat(500)
+        ))
+        .await;
+    assert_eq!(n, 5000);
+    let count: i64 = db
+        .client
+        .query_one("select count(*) from citas_realtime.events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 5000);
+    // The example schema is also valid input for a second run.
+    db.client.batch_execute(EXAMPLE_SCHEMA).await.unwrap();
+}
