@@ -216,3 +216,44 @@ async fn unsubscribe_stops_the_events() {
         "x's event must not arrive after unsubscribe"
     );
 }
+
+/// The README's grants are enough for the server, and a writer with no rights on our schema
+/// still produces events (the trigger runs with its owner's rights).
+#[tokio::test]
+async fn a_least_privilege_server_and_an_unprivileged_writer() {
+    let db = TestDb::new().await;
+    let server_role = format!("{}_server", db.name);
+    let writer_role = format!("{}_writer", db.name);
+    db.client
+        .batch_execute(&format!(
+            "create role {server_role} login;
+             grant usage on schema citas_realtime to {server_role};
+             grant select on citas_realtime.events to {server_role};
+             grant execute on function citas_realtime.version() to {server_role};
+             create role {writer_role} login;
+             grant select, insert, update, delete on public.citas to {writer_role};"
+        ))
+        .await
+        .unwrap();
+    let app = spawn_app(&db.url.replace("postgres@", &format!("{server_role}@"))).await;
+    let mut ws = app.subscriber(&["lp"]).await;
+    let writer =
+        crate::helpers::connect(&db.url.replace("postgres@", &format!("{writer_role}@"))).await;
+    writer
+        .batch_execute(
+            "insert into citas (negocio_id) values ('lp'); update citas set estado = 'cancelada'",
+        )
+        .await
+        .expect("a writer without rights on citas_realtime can still write citas");
+    ws.expect("cita_created").await;
+    ws.expect("cita_status_changed").await;
+    let denied = writer
+        .batch_execute("select * from citas_realtime.events")
+        .await
+        .expect_err("the writer cannot read the log");
+    let message = denied
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("permission denied"), "{message}");
+}
