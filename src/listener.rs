@@ -29,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rand::Rng;
@@ -92,6 +92,8 @@ enum SessionError {
 }
 
 pub struct Listener {
+    /// When this server started: events committed since then are news, older ones history.
+    started: Instant,
     db: DbConfig,
     hub: Arc<Hub>,
     status: Arc<ListenerStatus>,
@@ -106,6 +108,7 @@ impl Listener {
         shutdown: CancellationToken,
     ) -> Listener {
         Listener {
+            started: Instant::now(),
             db,
             hub,
             status,
@@ -180,9 +183,14 @@ impl Listener {
                 .await?;
             let newest: i64 = row.try_get(0)?;
             log.cursor = Some((newest - PRIME_WINDOW).max(0));
-            // Already-committed rows are history, not news: read them without publishing, only
-            // to learn which seqs below the newest are still held by open transactions.
-            self.catch_up(&client, &read, log, false).await?;
+            // Rows written before this server started are history, not news: the first read
+            // only learns which recent seqs are still held by open transactions. Rows written
+            // since the start (a client may have subscribed before the listener was live) are
+            // delivered. Ages are measured on the database's clock, so clock skew between the
+            // two machines does not matter.
+            let since_start = self.started.elapsed().as_secs_f64();
+            self.catch_up(&client, &read, log, Some(since_start))
+                .await?;
         }
 
         self.status.connected.store(true, Ordering::Release);
@@ -192,7 +200,7 @@ impl Listener {
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.catch_up(&client, &read, log, true).await?;
+            self.catch_up(&client, &read, log, None).await?;
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = poll.tick() => {}
@@ -207,13 +215,14 @@ impl Listener {
         }
     }
 
-    /// Reads until the log has nothing newer, handing what it finds to the hub.
+    /// Reads until the log has nothing newer, handing what it finds to the hub. With
+    /// `only_last_secs`, only rows written at most that many seconds ago are handed over.
     async fn catch_up(
         &self,
         client: &Client,
         read: &Statement,
         log: &mut LogCursor,
-        publish: bool,
+        only_last_secs: Option<f64>,
     ) -> Result<(), SessionError> {
         loop {
             let cursor = log.cursor.unwrap_or(0);
@@ -224,11 +233,11 @@ impl Listener {
             )
             .await
             .map_err(|_| SessionError::Timeout(QUERY_TIMEOUT))??;
-            let (events, new_rows) = log.absorb(&rows)?;
+            let (events, new_rows) = log.absorb(&rows, only_last_secs)?;
             self.status
                 .last_seq
                 .store(log.cursor.unwrap_or(0), Ordering::Relaxed);
-            if publish && !events.is_empty() {
+            if !events.is_empty() {
                 self.hub.publish(&events);
             }
             if new_rows < READ_BATCH as usize {
@@ -245,6 +254,7 @@ const READ_SQL: &str = r#"
 with snap as (select pg_current_snapshot() as s)
 select pg_snapshot_xmin(snap.s)::text::bigint as xmin,
        pg_snapshot_xmax(snap.s)::text::bigint as xmax,
+       extract(epoch from clock_timestamp() - e.created_at)::float8 as age_secs,
        e.seq, e.negocio_id, e.cita_id, e.action, e.estado, e.estado_anterior,
        to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as ts
 from snap
@@ -275,8 +285,13 @@ impl LogCursor {
         self.gaps.iter().map(|(lo, (hi, _))| (*lo, *hi)).unzip()
     }
 
-    /// Takes in one read's rows; returns the events to deliver and how many rows were new.
-    fn absorb(&mut self, rows: &[Row]) -> Result<(Vec<Event>, usize), tokio_postgres::Error> {
+    /// Takes in one read's rows; returns the events to deliver (with `only_last_secs`, only
+    /// those written at most that long ago) and how many rows were new.
+    fn absorb(
+        &mut self,
+        rows: &[Row],
+        only_last_secs: Option<f64>,
+    ) -> Result<(Vec<Event>, usize), tokio_postgres::Error> {
         let Some(first) = rows.first() else {
             return Ok((Vec::new(), 0));
         };
@@ -299,6 +314,12 @@ impl LogCursor {
                 }
                 cursor = seq;
                 new_rows += 1;
+            }
+            if let Some(max_age) = only_last_secs {
+                let age: Option<f64> = row.try_get("age_secs")?;
+                if age.is_none_or(|age| age > max_age) {
+                    continue;
+                }
             }
             if let Some(event) = decode(row, seq)? {
                 events.push(event);

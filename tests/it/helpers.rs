@@ -142,28 +142,33 @@ pub struct TestApp {
     pub server: Option<RunningServer>,
 }
 
-/// Starts a server on `db` and waits until its listener is live.
-pub async fn spawn_app(db_url: &str) -> TestApp {
-    let config = Config::from_args(&ServeArgs {
+/// The configuration of a test server on `db_url`, on a free port.
+pub fn test_config(db_url: &str) -> Config {
+    Config::from_args(&ServeArgs {
         database_url: Some(db_url.to_string()),
         jwt_secret: Some(SECRET.to_string()),
         bind_addr: Some("127.0.0.1:0".to_string()),
         client_queue_capacity: None,
     })
-    .expect("test config");
-    spawn_app_with(config).await
+    .expect("test config")
 }
 
-pub async fn spawn_app_with(config: Config) -> TestApp {
+/// Starts a server on `db` and waits until its listener is live.
+pub async fn spawn_app(db_url: &str) -> TestApp {
+    let app = spawn_app_unready(test_config(db_url)).await;
+    app.wait_health(200).await;
+    app
+}
+
+/// Starts a server without waiting for its listener.
+pub async fn spawn_app_unready(config: Config) -> TestApp {
     let server = citas_realtime::server::start(&config)
         .await
         .expect("server starts");
-    let app = TestApp {
+    TestApp {
         addr: server.local_addr,
         server: Some(server),
-    };
-    app.wait_health(200).await;
-    app
+    }
 }
 
 impl TestApp {

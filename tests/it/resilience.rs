@@ -3,7 +3,7 @@
 use citas_realtime::pgtemp::TempPostgres;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::helpers::{brief, connect, spawn_app, TestDb, DEADLINE};
+use crate::helpers::{brief, connect, spawn_app, spawn_app_unready, test_config, TestDb, DEADLINE};
 
 #[tokio::test]
 async fn health_reports_a_live_listener() {
@@ -12,6 +12,30 @@ async fn health_reports_a_live_listener() {
     let body = app.wait_health(200).await;
     assert_eq!(body["status"], "ok");
     assert_eq!(body["listener"], "connected");
+}
+
+/// A server started before our SQL is installed reports 503, then goes live by itself, and a
+/// client that subscribed before the listener was live still gets what was written since.
+#[tokio::test]
+async fn a_client_subscribed_before_the_listener_is_live_misses_nothing() {
+    let db = TestDb::empty().await;
+    db.client
+        .batch_execute(citas_realtime::sql::EXAMPLE_SCHEMA)
+        .await
+        .unwrap();
+    let app = spawn_app_unready(test_config(&db.url)).await;
+    let body = app.wait_health(503).await;
+    assert_eq!(body["listener"], "disconnected");
+    let mut ws = app.subscriber(&["early"]).await;
+    db.client
+        .batch_execute(citas_realtime::sql::INSTALL)
+        .await
+        .unwrap();
+    db.execute("insert into citas (negocio_id) values ('early')")
+        .await;
+    let event = ws.expect("cita_created").await;
+    assert_eq!(event["data"]["negocio_id"], "early");
+    app.wait_health(200).await;
 }
 
 /// Waits until the server's listener is connected with a backend other than `previous`.
