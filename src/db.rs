@@ -162,8 +162,25 @@ impl DbConfig {
 pub enum ConnectError {
     #[error("cannot set up TLS: {0}")]
     Tls(native_tls::Error),
-    #[error("{0}")]
+    /// Shown with its causes ("error performing TLS handshake: ... certificate verify failed"):
+    /// tokio-postgres' own message alone does not say what went wrong.
+    #[error("{}", with_causes(.0))]
     Postgres(tokio_postgres::Error),
+}
+
+/// An error and its chain of sources, on one line.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl fmt::Debug for DbConfig {

@@ -38,7 +38,7 @@ use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::db::{ConnectError, DbConfig};
+use crate::db::{with_causes, ConnectError, DbConfig};
 use crate::event::{Action, Event};
 use crate::hub::Hub;
 use crate::sql::NOTIFY_CHANNEL;
@@ -81,13 +81,13 @@ impl ListenerStatus {
 enum SessionError {
     #[error("cannot connect: {0}")]
     Connect(#[from] ConnectError),
-    #[error("{0}")]
+    #[error("{}", with_causes(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("connection closed")]
     Closed,
     #[error("a read of the event log took longer than {0:?}")]
     Timeout(Duration),
-    #[error("the event log is missing: run sql/install.sql on this database ({0})")]
+    #[error("the event log is not readable: run sql/install.sql on this database and grant the server's role access (see README) ({})", with_causes(.0))]
     NotInstalled(tokio_postgres::Error),
 }
 

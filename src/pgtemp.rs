@@ -173,6 +173,29 @@ impl TempPostgres {
         self.wait_ready()
     }
 
+    /// Turns TLS on with this certificate and key (PEM), restarting the server. Blocking.
+    /// Plain connections keep working; clients choose with `sslmode`.
+    pub fn enable_tls(&mut self, cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.root.join("data");
+        let owner = server_user()?;
+        for (name, content) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, content)?;
+            // PostgreSQL refuses a key readable by others.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            if let Some((uid, gid)) = owner {
+                nix::unistd::chown(&path, Some(uid), Some(gid))?;
+            }
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        writeln!(conf, "\nssl = on")?;
+        self.stop()?;
+        self.restart()
+    }
+
     /// The tail of the server log, for error messages.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default();

@@ -8,3 +8,4 @@ mod helpers;
 mod protocol;
 mod resilience;
 mod sql;
+mod tls;
