@@ -93,10 +93,15 @@ async fn tls_modes_against_a_tls_postgres() {
         ca.path().display()
     ))
     .unwrap();
-    verified
+    let (client, connection) = verified
         .connect()
         .await
         .expect("verify-full with the right CA");
+    tokio::spawn(connection);
+    client
+        .simple_query("select 1")
+        .await
+        .expect("a query over verify-full");
 
     // verify-full against the system roots: refused, with a message that says why.
     let unverifiable = DbConfig::parse(&format!("{base}?sslmode=verify-full")).unwrap();
