@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod delivery;
+mod demo;
 mod helpers;
 mod protocol;
 mod resilience;
