@@ -69,6 +69,53 @@ comment on table citas_realtime.events is
     'citas-realtime: one row per change of a cita, written by the triggers on public.citas';
 revoke all on citas_realtime.events from public;
 
+-- Resuming clients read one negocio's events after a seq.
+create index if not exists events_negocio_seq_idx on citas_realtime.events (negocio_id, seq);
+-- Retention deletes by age; created_at grows with seq, so a BRIN index is tiny and cheap to keep.
+create index if not exists events_created_at_brin on citas_realtime.events using brin (created_at);
+
+-- Retention bookkeeping: the highest seq ever pruned. A client resuming from a seq below it may
+-- have missed pruned events and is told to reload (resync).
+create table if not exists citas_realtime.retention (
+    id          boolean primary key default true check (id),
+    pruned_upto bigint  not null default 0
+);
+insert into citas_realtime.retention (id) values (true) on conflict do nothing;
+revoke all on citas_realtime.retention from public;
+
+-- Deletes events older than `keep`. Safe to call from several servers and from a DBA's
+-- scheduler (pg_cron) at once: one caller at a time does the work, the others return at once
+-- with 0. Returns the number of events deleted.
+create or replace function citas_realtime.prune(keep interval default interval '24 hours')
+    returns bigint
+    language plpgsql
+    security definer
+    set search_path = pg_catalog, pg_temp
+as $fn$
+declare
+    deleted bigint;
+    upto    bigint;
+begin
+    if keep < interval '0' then
+        raise exception 'citas_realtime.prune: keep must not be negative (got %)', keep;
+    end if;
+    if not pg_try_advisory_xact_lock(hashtext('citas_realtime.prune')) then
+        return 0;
+    end if;
+    with gone as (
+        delete from citas_realtime.events
+        where created_at < now() - keep
+        returning seq
+    )
+    select count(*), max(seq) into deleted, upto from gone;
+    if upto is not null then
+        update citas_realtime.retention set pruned_upto = greatest(pruned_upto, upto);
+    end if;
+    return deleted;
+end
+$fn$;
+revoke all on function citas_realtime.prune(interval) from public;
+
 -- The installed version, for `citas-realtime check` and for upgrades.
 create or replace function citas_realtime.version() returns integer
     language sql immutable parallel safe

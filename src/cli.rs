@@ -57,6 +57,19 @@ pub struct ServeArgs {
     /// Messages queued per client before it counts as too slow and is disconnected [default: 4096].
     #[arg(long, env = "CLIENT_QUEUE_CAPACITY")]
     pub client_queue_capacity: Option<String>,
+
+    /// How long events stay in the log for resuming clients, e.g. 24h, 90m; `off` leaves pruning
+    /// to the DBA (citas_realtime.prune) [default: 24h].
+    #[arg(long, env = "EVENT_RETENTION")]
+    pub event_retention: Option<String>,
+
+    /// Interval of WebSocket pings; a client silent for two intervals is dropped [default: 30s].
+    #[arg(long, env = "WS_PING_INTERVAL")]
+    pub ws_ping_interval: Option<String>,
+
+    /// Database connections for replays and pruning (the listener has its own) [default: 4].
+    #[arg(long, env = "DB_POOL_SIZE")]
+    pub db_pool_size: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

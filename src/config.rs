@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::cli::ServeArgs;
 use crate::db::DbConfig;
@@ -13,6 +14,13 @@ pub const DEFAULT_BIND_ADDR: &str = "0.0.0.0:8080";
 /// client drains its socket; each slot holds a shared, reference-counted frame, so a full queue
 /// costs tens of KiB, not copies of every message.
 pub const DEFAULT_CLIENT_QUEUE_CAPACITY: usize = 4096;
+/// Default age at which events are pruned: a dashboard away for up to a day resumes exactly.
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Default ping interval: well under the idle timeouts of common proxies (60 s).
+pub const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Default pool size: replays are short reads; four keep a reconnect storm moving without
+/// taking many of the database's connections.
+pub const DEFAULT_DB_POOL_SIZE: usize = 4;
 
 /// A configuration problem, named by the variable an operator has to fix.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +56,10 @@ pub struct Config {
     pub jwt_secret: Secret,
     pub bind_addr: SocketAddr,
     pub client_queue_capacity: usize,
+    /// `None`: the server does not prune (a DBA schedules `citas_realtime.prune`).
+    pub event_retention: Option<Duration>,
+    pub ws_ping_interval: Duration,
+    pub db_pool_size: usize,
 }
 
 impl Config {
@@ -64,24 +76,91 @@ impl Config {
             var: "BIND_ADDR",
             reason: format!("'{bind}' is not an address like 0.0.0.0:8080"),
         })?;
-        let client_queue_capacity = match non_empty(&args.client_queue_capacity) {
-            None => DEFAULT_CLIENT_QUEUE_CAPACITY,
-            Some(text) => match text.parse::<usize>() {
-                Ok(n) if (16..=1_000_000).contains(&n) => n,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        var: "CLIENT_QUEUE_CAPACITY",
-                        reason: format!("'{text}' is not a number from 16 to 1000000"),
-                    })
-                }
-            },
+        let client_queue_capacity = number(
+            &args.client_queue_capacity,
+            "CLIENT_QUEUE_CAPACITY",
+            16..=1_000_000,
+            DEFAULT_CLIENT_QUEUE_CAPACITY,
+        )?;
+        let event_retention = match non_empty(&args.event_retention) {
+            None => Some(DEFAULT_EVENT_RETENTION),
+            Some("off") => None,
+            Some(_) => Some(duration(
+                &args.event_retention,
+                "EVENT_RETENTION",
+                Duration::from_secs(1),
+                DEFAULT_EVENT_RETENTION,
+            )?),
         };
+        let ws_ping_interval = duration(
+            &args.ws_ping_interval,
+            "WS_PING_INTERVAL",
+            Duration::from_millis(100),
+            DEFAULT_WS_PING_INTERVAL,
+        )?;
+        let db_pool_size = number(
+            &args.db_pool_size,
+            "DB_POOL_SIZE",
+            1..=100,
+            DEFAULT_DB_POOL_SIZE,
+        )?;
         Ok(Config {
             database,
             jwt_secret: Secret::new(secret),
             bind_addr,
             client_queue_capacity,
+            event_retention,
+            ws_ping_interval,
+            db_pool_size,
         })
+    }
+}
+
+fn number(
+    value: &Option<String>,
+    var: &'static str,
+    range: std::ops::RangeInclusive<usize>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    let Some(text) = non_empty(value) else {
+        return Ok(default);
+    };
+    match text.parse::<usize>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            var,
+            reason: format!(
+                "'{text}' is not a number from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        }),
+    }
+}
+
+/// A duration like `30s`, `90m`, `24h` (humantime), at least `min`.
+fn duration(
+    value: &Option<String>,
+    var: &'static str,
+    min: Duration,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = non_empty(value) else {
+        return Ok(default);
+    };
+    match humantime::parse_duration(text) {
+        Ok(d) if d >= min => Ok(d),
+        Ok(_) => Err(ConfigError::Invalid {
+            var,
+            reason: format!(
+                "'{text}' is shorter than {}",
+                humantime::format_duration(min)
+            ),
+        }),
+        Err(e) => Err(ConfigError::Invalid {
+            var,
+            reason: format!("'{text}' is not a duration like 30s, 15m or 24h ({e})"),
+        }),
     }
 }
 

@@ -151,6 +151,26 @@ impl DbConfig {
         Ok(MakeTlsConnector::new(builder.build()?))
     }
 
+    /// A pool for short queries (replays, pruning), with the same TLS settings. Connections are
+    /// opened lazily; waiting for one is bounded so a client never hangs on a busy pool.
+    pub fn pool(&self, size: usize) -> Result<deadpool_postgres::Pool, ConnectError> {
+        let tls = self.tls_connector().map_err(ConnectError::Tls)?;
+        let manager = deadpool_postgres::Manager::from_config(
+            self.pg.clone(),
+            tls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        deadpool_postgres::Pool::builder(manager)
+            .max_size(size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| ConnectError::Pool(e.to_string()))
+    }
+
     /// Opens one connection. The caller must poll the returned [`PgConnection`].
     pub async fn connect(&self) -> Result<(Client, PgConnection), ConnectError> {
         let tls = self.tls_connector().map_err(ConnectError::Tls)?;
@@ -166,6 +186,8 @@ pub enum ConnectError {
     /// tokio-postgres' own message alone does not say what went wrong.
     #[error("{}", with_causes(.0))]
     Postgres(tokio_postgres::Error),
+    #[error("cannot build the connection pool: {0}")]
+    Pool(String),
 }
 
 /// An error and its chain of sources, on one line.

@@ -38,7 +38,7 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> 
         database_url: Some(url.clone()),
         jwt_secret: Some(secret.expose().to_string()),
         bind_addr: Some(args.bind_addr.clone()),
-        client_queue_capacity: None,
+        ..ServeArgs::default()
     })?;
     let server = crate::server::start(&config).await?;
     let addr = server.local_addr;

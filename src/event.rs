@@ -3,7 +3,10 @@
 //! The wire form is built once per event ([`Event::to_frame`]) and the resulting frame is shared
 //! by every subscriber: a `Utf8Bytes` clone is a reference-count increment, not a copy.
 
+use std::sync::Arc;
+
 use serde::Serialize;
+use tokio_postgres::Row;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// The channel prefix of the protocol: `estadisticas:<negocio_id>`.
@@ -74,7 +77,50 @@ struct WireData<'a> {
     timestamp: &'a str,
 }
 
+/// The columns [`Event::from_row`] reads, for `select {EVENT_COLUMNS} from citas_realtime.events e`.
+pub const EVENT_COLUMNS: &str = "e.seq, e.negocio_id, e.cita_id, e.action, e.estado, \
+     e.estado_anterior, \
+     to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') as ts";
+
+/// An event ready to go out: its frame, serialized once and shared by every subscriber's queue
+/// (an `Arc` clone per subscriber), with what a connection needs to de-duplicate it.
+#[derive(Debug)]
+pub struct Outbound {
+    pub seq: i64,
+    pub negocio_id: String,
+    pub frame: Message,
+}
+
 impl Event {
+    /// Reads a row selected with [`EVENT_COLUMNS`]; `None` (logged) for an action this version
+    /// does not know, so that one odd row never stops delivery.
+    pub fn from_row(row: &Row) -> Result<Option<Event>, tokio_postgres::Error> {
+        let seq: i64 = row.try_get("seq")?;
+        let action: String = row.try_get("action")?;
+        let Some(action) = Action::parse(&action) else {
+            tracing::warn!(seq, action, "skipping an event with an unknown action");
+            return Ok(None);
+        };
+        Ok(Some(Event {
+            seq,
+            negocio_id: row.try_get("negocio_id")?,
+            cita_id: row.try_get("cita_id")?,
+            action,
+            estado: row.try_get("estado")?,
+            estado_anterior: row.try_get("estado_anterior")?,
+            timestamp: row.try_get("ts")?,
+        }))
+    }
+
+    /// The shared, ready-to-send form of this event.
+    pub fn to_outbound(&self) -> Arc<Outbound> {
+        Arc::new(Outbound {
+            seq: self.seq,
+            negocio_id: self.negocio_id.clone(),
+            frame: self.to_frame(),
+        })
+    }
+
     /// The channel subscribers of this event's negocio listen on.
     pub fn channel(&self) -> String {
         format!("{CHANNEL_PREFIX}{}", self.negocio_id)

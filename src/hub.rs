@@ -15,13 +15,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::Event;
+use crate::event::{Event, Outbound};
 
 /// Identifies one WebSocket connection.
 pub type ConnId = u64;
@@ -30,14 +29,35 @@ pub type ConnId = u64;
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     pub id: ConnId,
-    pub queue: mpsc::Sender<Message>,
+    pub queue: mpsc::Sender<Arc<Outbound>>,
     /// Cancelled by the hub when the queue overflowed: the connection must close with 1013.
     pub kicked: CancellationToken,
 }
 
+/// How far the listener has published: every seq at or below `cursor` and outside `gaps` was
+/// handed to the hub already; any other seq may still be published later.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogPosition {
+    pub cursor: i64,
+    /// Inclusive ranges of seqs below the cursor whose transactions may still commit.
+    pub gaps: Vec<(i64, i64)>,
+}
+
+impl LogPosition {
+    /// True when `seq` may still be published after this position was taken.
+    pub fn may_publish_later(&self, seq: i64) -> bool {
+        seq > self.cursor || self.gaps.iter().any(|&(lo, hi)| lo <= seq && seq <= hi)
+    }
+}
+
+type Channels = HashMap<String, Vec<Subscriber>>;
+
 #[derive(Debug, Default)]
 pub struct Hub {
-    channels: RwLock<HashMap<String, Vec<Subscriber>>>,
+    channels: RwLock<Channels>,
+    /// Updated by `publish` while it holds the read lock, read by `subscribe` under the write
+    /// lock: a subscriber learns exactly which events it will, and will not, receive live.
+    position: Mutex<LogPosition>,
     next_id: AtomicU64,
     connections: AtomicUsize,
     delivered: AtomicU64,
@@ -59,6 +79,18 @@ impl Hub {
         Hub::default()
     }
 
+    // A panic elsewhere cannot leave the map half-updated (every change is a single push or
+    // retain), so a poisoned lock is still safe to use.
+    fn read(&self) -> RwLockReadGuard<'_, Channels> {
+        self.channels.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Channels> {
+        self.channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A fresh connection id.
     pub fn next_conn_id(&self) -> ConnId {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
@@ -73,49 +105,46 @@ impl Hub {
         self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Adds `sub` to the subscribers of `negocio_id`; subscribing twice is harmless.
-    pub fn subscribe(&self, negocio_id: &str, sub: &Subscriber) {
-        let mut channels = self
-            .channels
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+    /// Adds `sub` to the subscribers of `negocio_id` (subscribing twice is harmless) and returns
+    /// the listener's position at that instant: the events `sub` will receive live are exactly
+    /// those for which [`LogPosition::may_publish_later`] holds.
+    pub fn subscribe(&self, negocio_id: &str, sub: &Subscriber) -> LogPosition {
+        let mut channels = self.write();
         let list = channels.entry(negocio_id.to_string()).or_default();
         if !list.iter().any(|s| s.id == sub.id) {
             list.push(sub.clone());
         }
+        self.position
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Removes connection `id` from `negocio_id`'s subscribers.
     pub fn unsubscribe(&self, negocio_id: &str, id: ConnId) {
-        let mut channels = self
-            .channels
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        remove_from(&mut channels, negocio_id, id);
+        remove_from(&mut self.write(), negocio_id, id);
     }
 
     /// Removes connection `id` from all the given negocios (when it closes).
     pub fn unsubscribe_all<'a>(&self, negocios: impl IntoIterator<Item = &'a String>, id: ConnId) {
-        let mut channels = self
-            .channels
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut channels = self.write();
         for negocio_id in negocios {
             remove_from(&mut channels, negocio_id, id);
         }
     }
 
-    /// Queues each event, in order, for every subscriber of its negocio.
-    pub fn publish(&self, events: &[Event]) {
+    /// Queues each event, in order, for every subscriber of its negocio, and records that the
+    /// listener has got to `position`.
+    pub fn publish(&self, events: &[Event], position: LogPosition) {
         let mut overflowed: Vec<(String, ConnId)> = Vec::new();
         let mut delivered = 0u64;
         {
-            let channels = self.channels.read().unwrap_or_else(PoisonError::into_inner);
+            let channels = self.read();
             for event in events {
                 let Some(subs) = channels.get(&event.negocio_id) else {
                     continue;
                 };
-                let frame = event.to_frame();
+                let frame = event.to_outbound();
                 for sub in subs {
                     if sub.kicked.is_cancelled() {
                         continue;
@@ -131,15 +160,13 @@ impl Hub {
                     }
                 }
             }
+            *self.position.lock().unwrap_or_else(PoisonError::into_inner) = position;
         }
         self.delivered.fetch_add(delivered, Ordering::Relaxed);
         if !overflowed.is_empty() {
             self.kicked
                 .fetch_add(overflowed.len() as u64, Ordering::Relaxed);
-            let mut channels = self
-                .channels
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut channels = self.write();
             for (negocio_id, id) in overflowed {
                 remove_from(&mut channels, &negocio_id, id);
             }
@@ -147,7 +174,7 @@ impl Hub {
     }
 
     pub fn stats(&self) -> HubStats {
-        let channels = self.channels.read().unwrap_or_else(PoisonError::into_inner);
+        let channels = self.read();
         HubStats {
             connections: self.connections.load(Ordering::Relaxed),
             channels: channels.len(),
@@ -158,7 +185,7 @@ impl Hub {
     }
 }
 
-fn remove_from(channels: &mut HashMap<String, Vec<Subscriber>>, negocio_id: &str, id: ConnId) {
+fn remove_from(channels: &mut Channels, negocio_id: &str, id: ConnId) {
     if let Some(list) = channels.get_mut(negocio_id) {
         list.retain(|s| s.id != id);
         if list.is_empty() {
@@ -184,7 +211,7 @@ mod tests {
         }
     }
 
-    fn subscriber(hub: &Hub, capacity: usize) -> (Subscriber, mpsc::Receiver<Message>) {
+    fn subscriber(hub: &Hub, capacity: usize) -> (Subscriber, mpsc::Receiver<Arc<Outbound>>) {
         let (queue, rx) = mpsc::channel(capacity);
         let sub = Subscriber {
             id: hub.next_conn_id(),
@@ -201,7 +228,8 @@ mod tests {
         let (fast, mut fast_rx) = subscriber(&hub, 16);
         hub.subscribe("a", &slow);
         hub.subscribe("a", &fast);
-        hub.publish(&[event(1, "a"), event(2, "a"), event(3, "a")]);
+        let events = [event(1, "a"), event(2, "a"), event(3, "a")];
+        hub.publish(&events, LogPosition::default());
         assert!(slow.kicked.is_cancelled());
         assert!(!fast.kicked.is_cancelled());
         for _ in 0..3 {
@@ -217,12 +245,17 @@ mod tests {
         let hub = Hub::new();
         let (a, mut a_rx) = subscriber(&hub, 16);
         hub.subscribe("a", &a);
-        hub.publish(&[event(1, "b"), event(2, "a")]);
-        let Ok(Message::Text(text)) = a_rx.try_recv() else {
-            panic!("nothing queued")
+        let position = LogPosition {
+            cursor: 2,
+            gaps: vec![(1, 1)],
         };
-        assert!(text.contains("\"seq\":2"));
+        hub.publish(&[event(1, "b"), event(2, "a")], position.clone());
+        let queued = a_rx.try_recv().expect("queued");
+        assert_eq!((queued.seq, queued.negocio_id.as_str()), (2, "a"));
         assert!(a_rx.try_recv().is_err());
+        assert_eq!(hub.subscribe("a", &a), position);
+        assert!(position.may_publish_later(1) && position.may_publish_later(3));
+        assert!(!position.may_publish_later(2));
         hub.unsubscribe("a", a.id);
         assert_eq!(hub.stats().channels, 0);
     }

@@ -24,9 +24,11 @@
 //! * [`event`]: one row of the event log and its wire form.
 //! * [`listener`]: the only code that speaks `LISTEN`; turns notifications into log reads.
 //! * [`hub`]: who is subscribed to which negocio; fan-out with per-client bounded queues.
+//! * [`retention`]: pruning old events on a timer (one instance at a time).
 //! * [`auth`]: JWT verification and the negocios a token grants.
 //! * [`protocol`]: the JSON messages clients send and receive.
-//! * [`ws`]: the WebSocket upgrade (after the token is verified) and the per-connection task.
+//! * [`ws`]: the WebSocket upgrade (after the token is verified), the per-connection task, and
+//!   resuming with `since`.
 //! * [`server`]: HTTP routes, binding, startup and graceful shutdown of every task.
 //! * [`pgtemp`]: a private, throw-away PostgreSQL cluster for the demo and the tests.
 //! * [`demo`]: `citas-realtime demo`.
@@ -42,6 +44,7 @@ pub mod hub;
 pub mod listener;
 pub mod pgtemp;
 pub mod protocol;
+pub mod retention;
 pub mod server;
 pub mod sql;
 pub mod ws;

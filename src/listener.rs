@@ -39,8 +39,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::db::{with_causes, ConnectError, DbConfig};
-use crate::event::{Action, Event};
-use crate::hub::Hub;
+use crate::event::{Event, EVENT_COLUMNS};
+use crate::hub::{Hub, LogPosition};
 use crate::sql::NOTIFY_CHANNEL;
 
 /// Rows read from the log at a time.
@@ -170,7 +170,7 @@ impl Listener {
             .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
             .await?;
         let read = client
-            .prepare(READ_SQL)
+            .prepare(&read_sql())
             .await
             .map_err(SessionError::NotInstalled)?;
 
@@ -237,9 +237,9 @@ impl Listener {
             self.status
                 .last_seq
                 .store(log.cursor.unwrap_or(0), Ordering::Relaxed);
-            if !events.is_empty() {
-                self.hub.publish(&events);
-            }
+            // Always, even with no events: the hub records how far the listener has got, which
+            // is what resuming clients de-duplicate against.
+            self.hub.publish(&events, log.position());
             if new_rows < READ_BATCH as usize {
                 return Ok(());
             }
@@ -250,13 +250,14 @@ impl Listener {
 /// One read: the snapshot's bounds, the gaps that have become visible, then up to `$4` new
 /// rows after the cursor. The snapshot is the statement's own, so the bounds describe exactly
 /// what the rows were read under.
-const READ_SQL: &str = r#"
+fn read_sql() -> String {
+    format!(
+        r#"
 with snap as (select pg_current_snapshot() as s)
 select pg_snapshot_xmin(snap.s)::text::bigint as xmin,
        pg_snapshot_xmax(snap.s)::text::bigint as xmax,
        extract(epoch from clock_timestamp() - e.created_at)::float8 as age_secs,
-       e.seq, e.negocio_id, e.cita_id, e.action, e.estado, e.estado_anterior,
-       to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as ts
+       {EVENT_COLUMNS}
 from snap
 left join lateral (
     (select ev.*
@@ -270,7 +271,9 @@ left join lateral (
       limit $4)
 ) e on true
 order by e.seq
-"#;
+"#
+    )
+}
 
 /// Where the listener is in the log: the highest seq read, and the seqs below it that may
 /// still commit (ranges `lo..=hi`, keyed by `lo`, each with the `xmax` that bounds its writer).
@@ -281,6 +284,13 @@ struct LogCursor {
 }
 
 impl LogCursor {
+    fn position(&self) -> LogPosition {
+        LogPosition {
+            cursor: self.cursor.unwrap_or(0),
+            gaps: self.gaps.iter().map(|(lo, (hi, _))| (*lo, *hi)).collect(),
+        }
+    }
+
     fn gap_bounds(&self) -> (Vec<i64>, Vec<i64>) {
         self.gaps.iter().map(|(lo, (hi, _))| (*lo, *hi)).unzip()
     }
@@ -321,7 +331,7 @@ impl LogCursor {
                     continue;
                 }
             }
-            if let Some(event) = decode(row, seq)? {
+            if let Some(event) = Event::from_row(row)? {
                 events.push(event);
             }
         }
@@ -354,23 +364,6 @@ impl LogCursor {
         }
         true
     }
-}
-
-fn decode(row: &Row, seq: i64) -> Result<Option<Event>, tokio_postgres::Error> {
-    let action: String = row.try_get("action")?;
-    let Some(action) = Action::parse(&action) else {
-        tracing::warn!(seq, action, "skipping an event with an unknown action");
-        return Ok(None);
-    };
-    Ok(Some(Event {
-        seq,
-        negocio_id: row.try_get("negocio_id")?,
-        cita_id: row.try_get("cita_id")?,
-        action,
-        estado: row.try_get("estado")?,
-        estado_anterior: row.try_get("estado_anterior")?,
-        timestamp: row.try_get("ts")?,
-    }))
 }
 
 /// Capped exponential backoff with jitter (50-100% of the step), so that many instances that

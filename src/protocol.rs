@@ -17,8 +17,15 @@ pub const MAX_NEGOCIO_ID_LEN: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ClientMessage {
-    Subscribe { channel: String },
-    Unsubscribe { channel: String },
+    /// `since`: resume after this seq (the last one the client saw).
+    Subscribe {
+        channel: String,
+        #[serde(default)]
+        since: Option<i64>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
     Ping,
 }
 
@@ -78,6 +85,11 @@ pub fn unsubscribed(channel: &str) -> Message {
     frame(json!({"type": "unsubscribed", "channel": channel}))
 }
 
+/// The client must reload its data for `channel`: events it asked for are no longer available.
+pub fn resync(channel: &str) -> Message {
+    frame(json!({"type": "resync", "channel": channel}))
+}
+
 pub fn pong() -> Message {
     frame(json!({"type": "pong"}))
 }
@@ -100,7 +112,8 @@ mod tests {
         assert_eq!(
             parse(r#"{"type":"subscribe","channel":"estadisticas:a","since":3}"#),
             Ok(ClientMessage::Subscribe {
-                channel: "estadisticas:a".into()
+                channel: "estadisticas:a".into(),
+                since: Some(3)
             })
         );
         assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));

@@ -43,6 +43,7 @@ pub struct RunningServer {
     tasks: TaskTracker,
     http: JoinHandle<()>,
     listener: JoinHandle<()>,
+    retention: Option<JoinHandle<()>>,
 }
 
 /// Binds, starts the listener and the HTTP server, and returns at once: the listener connects
@@ -66,9 +67,18 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     );
     let listener = tokio::spawn(listener.run());
 
+    let pool = config
+        .database
+        .pool(config.db_pool_size)
+        .context("DATABASE_URL")?;
+    let retention = config
+        .event_retention
+        .map(|keep| tokio::spawn(crate::retention::run(pool.clone(), keep, shutdown.clone())));
     let ctx = WsContext {
         hub: hub.clone(),
         queue_capacity: config.client_queue_capacity,
+        ping_interval: config.ws_ping_interval,
+        pool,
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
     };
@@ -100,6 +110,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         tasks,
         http,
         listener,
+        retention,
     })
 }
 
@@ -117,6 +128,9 @@ impl RunningServer {
         }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.http).await;
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.listener).await;
+        if let Some(retention) = self.retention {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, retention).await;
+        }
         tracing::info!("stopped");
     }
 }
@@ -162,6 +176,7 @@ fn routes(
             "listener_reconnects": status.reconnects(),
             "connections": stats.connections,
             "subscriptions": stats.subscriptions,
+            "slow_clients_kicked": stats.slow_clients_kicked,
         });
         let code = if connected {
             StatusCode::OK

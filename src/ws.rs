@@ -9,12 +9,23 @@
 //!
 //! One task per connection owns both halves of the socket. It waits on, in priority order:
 //! server shutdown (close 1001), being kicked by the hub for overflowing its queue (close 1013),
-//! frames from the client (control messages), and its queue of event frames, which it writes
-//! in batches: every queued frame is fed, then the socket is flushed once.
+//! the ping timer, frames from the client (control messages), and its queue of event frames,
+//! which it writes in batches: every queued frame is fed, then the socket is flushed once.
+//!
+//! # Resuming with `since`
+//!
+//! `subscribe` with `since: N` first registers the subscription in the hub, which returns the
+//! listener's position at that instant, then reads the negocio's events after N from the log
+//! (in pages) and sends them, then goes on with the live queue. An event is in both the replay
+//! and the live queue only if the position says the listener may still publish it; those seqs
+//! (a handful: what committed between the listener's last read and the replay's read) are
+//! remembered and skipped once when they arrive live. So there is no gap (registration comes
+//! before the read) and no duplicate at the seam. If N is older than what retention kept, or
+//! newer than anything in the log, or the log cannot be read, the client gets `resync`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -30,7 +41,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Principal;
-use crate::hub::{Hub, Subscriber};
+use crate::db::with_causes;
+use crate::event::{Event, Outbound, EVENT_COLUMNS};
+use crate::hub::{Hub, LogPosition, Subscriber};
 use crate::protocol::{self, ClientMessage, ErrorCode};
 
 /// Clients only send small control messages: anything larger is refused by tungstenite.
@@ -39,8 +52,11 @@ pub const MAX_MESSAGE_SIZE: usize = 16 * 1024;
 const WRITE_BATCH: usize = 256;
 /// A client that accepts no data for this long is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a closing handshake may take before the socket is simply dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a closing handshake may take before the socket is simply dropped. A client kicked
+/// for being slow needs time to drain what is already on its way before it sees the close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events read from the log per page when a client resumes.
+const REPLAY_PAGE: i64 = 1000;
 
 /// The socket settings: a small read buffer (clients send little), bounded frames, and a write
 /// buffer cap so a client that stops reading errors out instead of growing memory.
@@ -58,6 +74,10 @@ pub fn socket_config() -> WebSocketConfig {
 pub struct WsContext {
     pub hub: Arc<Hub>,
     pub queue_capacity: usize,
+    /// A ping goes out this often; a client silent for two intervals is dropped.
+    pub ping_interval: Duration,
+    /// For replays (clients resuming with `since`); never used for LISTEN.
+    pub pool: deadpool_postgres::Pool,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -94,65 +114,132 @@ pub fn spawn_connection(ctx: WsContext, on_upgrade: OnUpgrade, principal: Princi
     });
 }
 
+type Sink<S> = futures::stream::SplitSink<WebSocketStream<S>, Message>;
+
+/// How a write went.
+enum Written {
+    Ok,
+    /// The client does not take data fast enough (timeout, full write buffer, or the hub
+    /// kicked it meanwhile): close with 1013.
+    Slow,
+    /// The socket is gone.
+    Gone,
+}
+
+/// What the connection loop does next.
+enum Flow {
+    Continue,
+    Close(Option<CloseFrame>),
+}
+
+fn too_slow() -> Flow {
+    Flow::Close(Some(close_frame(
+        CloseCode::Again,
+        "too slow: event queue overflowed; reconnect and resume with since",
+    )))
+}
+
+impl From<Written> for Flow {
+    fn from(w: Written) -> Flow {
+        match w {
+            Written::Ok => Flow::Continue,
+            Written::Slow => too_slow(),
+            Written::Gone => Flow::Close(None),
+        }
+    }
+}
+
+/// One connection's state, owned by its task.
+struct Connection<S> {
+    ctx: WsContext,
+    me: Subscriber,
+    principal: Principal,
+    sink: Sink<S>,
+    subscriptions: HashSet<String>,
+    /// Per negocio, seqs a replay already sent that the listener may still publish live.
+    replayed: HashMap<String, HashSet<i64>>,
+}
+
 async fn serve<S>(ctx: WsContext, io: S, principal: Principal)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(socket_config())).await;
-    let (mut sink, mut stream) = socket.split();
-    let (queue, mut frames) = mpsc::channel(ctx.queue_capacity);
+    let (sink, mut stream) = socket.split();
+    let (queue, mut frames) = mpsc::channel::<Arc<Outbound>>(ctx.queue_capacity);
     let me = Subscriber {
         id: ctx.hub.next_conn_id(),
         queue,
         kicked: CancellationToken::new(),
     };
-    let mut subscriptions: HashSet<String> = HashSet::new();
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
     ctx.hub.connection_opened();
     tracing::debug!(conn = me.id, subject = ?principal.subject, "client connected");
+    let mut conn = Connection {
+        ctx,
+        me,
+        principal,
+        sink,
+        subscriptions: HashSet::new(),
+        replayed: HashMap::new(),
+    };
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut ping = tokio::time::interval(conn.ctx.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.reset(); // the first tick would fire at once
+    let mut last_heard = Instant::now();
 
-    let close: Option<CloseFrame> = loop {
-        tokio::select! {
+    let close = loop {
+        let flow = tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled() => break Some(close_frame(CloseCode::Away, "server shutting down")),
-            _ = me.kicked.cancelled() => {
-                break Some(close_frame(CloseCode::Again, "too slow: event queue overflowed; reconnect and resume"))
+            _ = conn.ctx.shutdown.cancelled() => {
+                Flow::Close(Some(close_frame(CloseCode::Away, "server shutting down")))
+            }
+            _ = conn.me.kicked.cancelled() => too_slow(),
+            _ = ping.tick() => {
+                if last_heard.elapsed() > conn.ctx.ping_interval * 2 {
+                    tracing::debug!(conn = conn.me.id, "client stopped answering pings");
+                    Flow::Close(None)
+                } else {
+                    conn.write(std::iter::once(Message::Ping(Default::default()))).await.into()
+                }
             }
             incoming = stream.next() => {
-                let reply = match incoming {
-                    Some(Ok(Message::Text(text))) => {
-                        handle(&ctx, &me, &principal, &mut subscriptions, text.as_str())
+                last_heard = Instant::now();
+                match incoming {
+                    Some(Ok(Message::Text(text))) => conn.handle(text.as_str()).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        let reply = protocol::error(
+                            ErrorCode::BadRequest, "binary frames are not accepted: send JSON text", None);
+                        conn.write(std::iter::once(reply)).await.into()
                     }
-                    Some(Ok(Message::Binary(_))) => Some(protocol::error(
-                        ErrorCode::BadRequest, "binary frames are not accepted: send JSON text", None)),
-                    Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Ok(_)) => None, // ping/pong: tungstenite answers pings itself
+                    Some(Ok(Message::Close(_))) | None => Flow::Close(None),
+                    Some(Ok(_)) => Flow::Continue, // ping/pong: tungstenite answers pings itself
                     Some(Err(error)) => {
-                        tracing::debug!(conn = me.id, %error, "client read failed");
-                        break None;
-                    }
-                };
-                if let Some(reply) = reply {
-                    if !write(&mut sink, &me.kicked, std::iter::once(reply)).await {
-                        break None;
+                        tracing::debug!(conn = conn.me.id, %error, "client read failed");
+                        Flow::Close(None)
                     }
                 }
             }
             n = frames.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {
-                    break None;
-                }
-                if !write(&mut sink, &me.kicked, batch.drain(..)).await {
-                    break if me.kicked.is_cancelled() {
-                        Some(close_frame(CloseCode::Again, "too slow: event queue overflowed; reconnect and resume"))
-                    } else {
-                        None
-                    };
+                    Flow::Close(None)
+                } else {
+                    conn.send_live(&mut batch).await.into()
                 }
             }
+        };
+        if let Flow::Close(frame) = flow {
+            break frame;
         }
     };
 
+    let Connection {
+        ctx,
+        me,
+        mut sink,
+        subscriptions,
+        ..
+    } = conn;
     ctx.hub.unsubscribe_all(&subscriptions, me.id);
     ctx.hub.connection_closed();
     if let Some(frame) = close {
@@ -172,81 +259,229 @@ where
     tracing::debug!(conn = me.id, "client gone");
 }
 
-/// Feeds every frame and flushes once. False when the socket is unusable, the client accepts
-/// nothing for [`WRITE_TIMEOUT`], or the hub kicks it meanwhile.
-async fn write<S>(
-    sink: &mut futures::stream::SplitSink<WebSocketStream<S>, Message>,
-    kicked: &CancellationToken,
-    frames: impl Iterator<Item = Message>,
-) -> bool
+impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let io = async {
-        for frame in frames {
-            sink.feed(frame).await?;
+    /// Feeds every frame and flushes once.
+    async fn write(&mut self, frames: impl Iterator<Item = Message>) -> Written {
+        let sink = &mut self.sink;
+        let io = async {
+            for frame in frames {
+                sink.feed(frame).await?;
+            }
+            sink.flush().await
+        };
+        tokio::select! {
+            result = tokio::time::timeout(WRITE_TIMEOUT, io) => match result {
+                Ok(Ok(())) => Written::Ok,
+                Ok(Err(tokio_tungstenite::tungstenite::Error::WriteBufferFull(_))) | Err(_) => Written::Slow,
+                Ok(Err(_)) => Written::Gone,
+            },
+            _ = self.me.kicked.cancelled() => Written::Slow,
         }
-        sink.flush().await
-    };
-    tokio::select! {
-        result = tokio::time::timeout(WRITE_TIMEOUT, io) => matches!(result, Ok(Ok(()))),
-        _ = kicked.cancelled() => false,
+    }
+
+    /// Writes a batch from the live queue, skipping what a replay already sent.
+    async fn send_live(&mut self, batch: &mut Vec<Arc<Outbound>>) -> Written {
+        let replayed = &mut self.replayed;
+        let frames: Vec<Message> = batch
+            .drain(..)
+            .filter(|out| {
+                let Some(seqs) = replayed.get_mut(&out.negocio_id) else {
+                    return true;
+                };
+                let duplicate = seqs.remove(&out.seq);
+                if seqs.is_empty() {
+                    replayed.remove(&out.negocio_id);
+                }
+                !duplicate
+            })
+            .map(|out| out.frame.clone())
+            .collect();
+        if frames.is_empty() {
+            return Written::Ok;
+        }
+        self.write(frames.into_iter()).await
+    }
+
+    /// Answers one control message.
+    async fn handle(&mut self, text: &str) -> Flow {
+        let message = match protocol::parse(text) {
+            Ok(message) => message,
+            Err(reason) => {
+                return self
+                    .reply(protocol::error(ErrorCode::BadRequest, &reason, None))
+                    .await
+            }
+        };
+        match message {
+            ClientMessage::Ping => self.reply(protocol::pong()).await,
+            ClientMessage::Subscribe { channel, since } => {
+                let negocio = match protocol::negocio_of(&channel) {
+                    Ok(negocio) => negocio.to_string(),
+                    Err(reason) => {
+                        return self
+                            .reply(protocol::error(
+                                ErrorCode::BadChannel,
+                                &reason,
+                                Some(&channel),
+                            ))
+                            .await
+                    }
+                };
+                if !self.principal.grants.allows(&negocio) {
+                    let reply = protocol::error(
+                        ErrorCode::Forbidden,
+                        "this token does not grant that negocio",
+                        Some(&channel),
+                    );
+                    return self.reply(reply).await;
+                }
+                if since.is_some_and(|s| s < 0) {
+                    let reply = protocol::error(
+                        ErrorCode::BadRequest,
+                        "since must be a seq (0 or more)",
+                        Some(&channel),
+                    );
+                    return self.reply(reply).await;
+                }
+                if self.subscriptions.contains(&negocio) {
+                    // Already subscribed: events are flowing; nothing to replay or change.
+                    return self.reply(protocol::subscribed(&channel)).await;
+                }
+                let position = self.ctx.hub.subscribe(&negocio, &self.me);
+                self.subscriptions.insert(negocio.clone());
+                if let Flow::Close(frame) = self.reply(protocol::subscribed(&channel)).await {
+                    return Flow::Close(frame);
+                }
+                match since {
+                    Some(since) => self.replay(&channel, &negocio, since, &position).await,
+                    None => Flow::Continue,
+                }
+            }
+            ClientMessage::Unsubscribe { channel } => {
+                let negocio = match protocol::negocio_of(&channel) {
+                    Ok(negocio) => negocio.to_string(),
+                    Err(reason) => {
+                        return self
+                            .reply(protocol::error(
+                                ErrorCode::BadChannel,
+                                &reason,
+                                Some(&channel),
+                            ))
+                            .await
+                    }
+                };
+                if self.subscriptions.remove(&negocio) {
+                    self.ctx.hub.unsubscribe(&negocio, self.me.id);
+                    self.replayed.remove(&negocio);
+                }
+                self.reply(protocol::unsubscribed(&channel)).await
+            }
+        }
+    }
+
+    async fn reply(&mut self, message: Message) -> Flow {
+        self.write(std::iter::once(message)).await.into()
+    }
+
+    /// Sends the negocio's events after `since`, page by page, then returns to live delivery.
+    async fn replay(
+        &mut self,
+        channel: &str,
+        negocio: &str,
+        since: i64,
+        position: &LogPosition,
+    ) -> Flow {
+        let mut after = since;
+        let mut first_page = true;
+        loop {
+            let page = match read_page(&self.ctx.pool, negocio, after, first_page).await {
+                Ok(Some(page)) => page,
+                Ok(None) => return self.reply(protocol::resync(channel)).await,
+                Err(error) => {
+                    tracing::warn!(conn = self.me.id, negocio, %error, "cannot replay; telling the client to resync");
+                    return self.reply(protocol::resync(channel)).await;
+                }
+            };
+            first_page = false;
+            let full = page.rows == REPLAY_PAGE as usize;
+            after = page.last_seq.unwrap_or(after);
+            let mut frames = Vec::with_capacity(page.events.len());
+            for event in &page.events {
+                if position.may_publish_later(event.seq) {
+                    self.replayed
+                        .entry(negocio.to_string())
+                        .or_default()
+                        .insert(event.seq);
+                }
+                frames.push(event.to_frame());
+            }
+            if let Flow::Close(frame) = Flow::from(self.write(frames.into_iter()).await) {
+                return Flow::Close(frame);
+            }
+            if !full {
+                return Flow::Continue;
+            }
+        }
     }
 }
 
-/// Answers one control message.
-fn handle(
-    ctx: &WsContext,
-    me: &Subscriber,
-    principal: &Principal,
-    subscriptions: &mut HashSet<String>,
-    text: &str,
-) -> Option<Message> {
-    let message = match protocol::parse(text) {
-        Ok(message) => message,
-        Err(reason) => return Some(protocol::error(ErrorCode::BadRequest, &reason, None)),
-    };
-    Some(match message {
-        ClientMessage::Ping => protocol::pong(),
-        ClientMessage::Subscribe { channel } => {
-            let negocio = match protocol::negocio_of(&channel) {
-                Ok(negocio) => negocio,
-                Err(reason) => {
-                    return Some(protocol::error(
-                        ErrorCode::BadChannel,
-                        &reason,
-                        Some(&channel),
-                    ))
-                }
-            };
-            if !principal.grants.allows(negocio) {
-                return Some(protocol::error(
-                    ErrorCode::Forbidden,
-                    "this token does not grant that negocio",
-                    Some(&channel),
-                ));
-            }
-            ctx.hub.subscribe(negocio, me);
-            subscriptions.insert(negocio.to_string());
-            protocol::subscribed(&channel)
+/// One page of a replay.
+struct Page {
+    events: Vec<Event>,
+    rows: usize,
+    last_seq: Option<i64>,
+}
+
+/// Reads the next page of `negocio`'s events after `after`. On the first page, `None` when the
+/// log cannot serve `after` (older than retention kept, or newer than the log): resync.
+async fn read_page(
+    pool: &deadpool_postgres::Pool,
+    negocio: &str,
+    after: i64,
+    first_page: bool,
+) -> Result<Option<Page>, String> {
+    let client = pool.get().await.map_err(|e| with_causes(&e))?;
+    if first_page {
+        let row = client
+            .query_one(
+                "select r.pruned_upto, (select coalesce(max(seq), 0) from citas_realtime.events)
+                 from citas_realtime.retention r",
+                &[],
+            )
+            .await
+            .map_err(|e| with_causes(&e))?;
+        let pruned_upto: i64 = row.get(0);
+        let newest: i64 = row.get(1);
+        if after < pruned_upto || after > newest {
+            return Ok(None);
         }
-        ClientMessage::Unsubscribe { channel } => {
-            let negocio = match protocol::negocio_of(&channel) {
-                Ok(negocio) => negocio,
-                Err(reason) => {
-                    return Some(protocol::error(
-                        ErrorCode::BadChannel,
-                        &reason,
-                        Some(&channel),
-                    ))
-                }
-            };
-            if subscriptions.remove(negocio) {
-                ctx.hub.unsubscribe(negocio, me.id);
-            }
-            protocol::unsubscribed(&channel)
+    }
+    let sql = format!(
+        "select {EVENT_COLUMNS} from citas_realtime.events e
+         where e.negocio_id = $1 and e.seq > $2 order by e.seq limit $3"
+    );
+    let statement = client
+        .prepare_cached(&sql)
+        .await
+        .map_err(|e| with_causes(&e))?;
+    let rows = client
+        .query(&statement, &[&negocio, &after, &REPLAY_PAGE])
+        .await
+        .map_err(|e| with_causes(&e))?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(event) = Event::from_row(row).map_err(|e| with_causes(&e))? {
+            events.push(event);
         }
-    })
+    }
+    Ok(Some(Page {
+        rows: rows.len(),
+        last_seq: rows.last().and_then(|r| r.try_get("seq").ok()),
+        events,
+    }))
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {

@@ -148,7 +148,7 @@ pub fn test_config(db_url: &str) -> Config {
         database_url: Some(db_url.to_string()),
         jwt_secret: Some(SECRET.to_string()),
         bind_addr: Some("127.0.0.1:0".to_string()),
-        client_queue_capacity: None,
+        ..ServeArgs::default()
     })
     .expect("test config")
 }
