@@ -24,6 +24,9 @@ use tokio_postgres::config::{Host, SslMode as PgSslMode};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Connection, Socket};
 
+/// `application_name` of the listener's connection, unless the URL sets one.
+pub const LISTENER_APPLICATION_NAME: &str = "citas-realtime-listener";
+
 /// The five libpq TLS modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
@@ -58,6 +61,10 @@ pub struct DbConfig {
     pg: tokio_postgres::Config,
     ssl_mode: SslMode,
     root_cert: Option<Vec<u8>>,
+    /// True when the URL named no application: the listener's connection is then called
+    /// `citas-realtime-listener` and the pool's `citas-realtime`, so a DBA can tell them apart
+    /// in pg_stat_activity.
+    name_listener: bool,
 }
 
 /// The connection half that must be polled for the client to make progress.
@@ -88,7 +95,8 @@ impl DbConfig {
             SslMode::Prefer => PgSslMode::Prefer,
             _ => PgSslMode::Require,
         });
-        if pg.get_application_name().is_none() {
+        let name_listener = pg.get_application_name().is_none();
+        if name_listener {
             pg.application_name("citas-realtime");
         }
         if pg.get_connect_timeout().is_none() {
@@ -104,6 +112,7 @@ impl DbConfig {
             pg,
             ssl_mode,
             root_cert,
+            name_listener,
         })
     }
 
@@ -175,6 +184,16 @@ impl DbConfig {
     pub async fn connect(&self) -> Result<(Client, PgConnection), ConnectError> {
         let tls = self.tls_connector().map_err(ConnectError::Tls)?;
         self.pg.connect(tls).await.map_err(ConnectError::Postgres)
+    }
+
+    /// Opens the listener's connection (see `name_listener`).
+    pub async fn connect_listener(&self) -> Result<(Client, PgConnection), ConnectError> {
+        let tls = self.tls_connector().map_err(ConnectError::Tls)?;
+        let mut pg = self.pg.clone();
+        if self.name_listener {
+            pg.application_name(LISTENER_APPLICATION_NAME);
+        }
+        pg.connect(tls).await.map_err(ConnectError::Postgres)
     }
 }
 

@@ -142,7 +142,7 @@ impl Listener {
     }
 
     async fn session(&self, log: &mut LogCursor, failures: &mut u32) -> Result<(), SessionError> {
-        let (client, mut connection) = self.db.connect().await?;
+        let (client, mut connection) = self.db.connect_listener().await?;
         let wake = Arc::new(Notify::new());
         let (closed_tx, mut closed_rx) = oneshot::channel();
         // The connection future must be polled for anything to happen, and polled through

@@ -46,7 +46,7 @@ async fn next_listener_pid(db: &TestDb, previous: Option<i32>) -> i32 {
             .client
             .query(
                 "select pid from pg_stat_activity
-                 where datname = current_database() and application_name = 'citas-realtime'",
+                 where datname = current_database() and application_name = 'citas-realtime-listener'",
                 &[],
             )
             .await

@@ -75,7 +75,7 @@ async fn tls_modes_against_a_tls_postgres() {
         .client
         .query_one(
             "select s.ssl from pg_stat_ssl s join pg_stat_activity a using (pid)
-             where a.datname = current_database() and a.application_name = 'citas-realtime'",
+             where a.datname = current_database() and a.application_name = 'citas-realtime-listener'",
             &[],
         )
         .await
