@@ -7,6 +7,7 @@ mod delivery;
 mod demo;
 mod helpers;
 mod protocol;
+mod reliability;
 mod resilience;
 mod sql;
 mod tls;
