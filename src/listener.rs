@@ -193,6 +193,8 @@ impl Listener {
                 .await?;
         }
 
+        // Whatever committed while we were away is delivered before we call ourselves live.
+        self.catch_up(&client, &read, log, None).await?;
         self.status.connected.store(true, Ordering::Release);
         *failures = 0;
         tracing::info!(database = %self.db, last_seq = log.cursor.unwrap_or(0), "listener live");
@@ -200,7 +202,6 @@ impl Listener {
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.catch_up(&client, &read, log, None).await?;
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = poll.tick() => {}
@@ -212,6 +213,7 @@ impl Listener {
                 }
                 _ = self.shutdown.cancelled() => return Ok(()),
             }
+            self.catch_up(&client, &read, log, None).await?;
         }
     }
 
