@@ -18,7 +18,18 @@
 -- server up; the server then reads the new rows from the log by seq. The same read serves live
 -- delivery, gap filling after a reconnect and clients that resume.
 --
--- Requires PostgreSQL 14 or later (CREATE OR REPLACE TRIGGER, pg_current_snapshot()).
+-- Access: nothing here is granted to PUBLIC or to Supabase's API roles (anon, authenticated).
+-- install.sql creates the group role citas_realtime_reader with exactly what the server needs
+-- (read the log, call prune() and version()); grant it to the server's login role. Row-level
+-- security is enabled on our tables, with a read policy for that role only.
+--
+-- Versions: 1 (first release); 2 adds TRUNCATE announcements, citas_realtime_reader and
+-- row-level security. Running this file over version 1 upgrades it in place: one transaction,
+-- writers wait for its locks for a moment and never fail, no event is lost.
+--
+-- Requires PostgreSQL 14 or later (CREATE OR REPLACE TRIGGER, pg_current_snapshot()), and an
+-- installing role that may create roles (Supabase's postgres may), unless
+-- citas_realtime_reader already exists.
 
 begin;
 
@@ -45,8 +56,27 @@ begin
     if missing is not null then
         raise exception 'citas-realtime: public.citas lacks required column(s): %', missing;
     end if;
+    -- Lock citas first, in the order writers take locks (citas, then the log): writers wait
+    -- here for the few milliseconds this install takes instead of deadlocking with it, so no
+    -- write fails during an upgrade.
+    lock table public.citas in share row exclusive mode;
 end
 $check$;
+
+-- The role the server's login role is granted (see the README). A cluster-wide object, so it
+-- may exist already (another database of the same cluster).
+do $role$
+begin
+    if not exists (select 1 from pg_catalog.pg_roles where rolname = 'citas_realtime_reader') then
+        begin
+            create role citas_realtime_reader nologin;
+        exception when insufficient_privilege then
+            raise exception 'citas-realtime: cannot create role citas_realtime_reader'
+                using hint = 'Ask a superuser to run: create role citas_realtime_reader nologin; then run install.sql again.';
+        end;
+    end if;
+end
+$role$;
 
 create schema if not exists citas_realtime;
 comment on schema citas_realtime is 'citas-realtime: change log and triggers for public.citas';
@@ -119,7 +149,7 @@ revoke all on function citas_realtime.prune(interval) from public;
 -- The installed version, for `citas-realtime check` and for upgrades.
 create or replace function citas_realtime.version() returns integer
     language sql immutable parallel safe
-    as $$ select 1 $$;
+    as $$ select 2 $$;
 
 -- The trigger function, shared by the INSERT, UPDATE and DELETE statement triggers.
 --
@@ -140,7 +170,14 @@ declare
     act_min    text;
     act_max    text;
 begin
-    if tg_op = 'INSERT' then
+    if tg_op = 'TRUNCATE' then
+        -- Every negocio lost its citas at once: one event, negocio '' (no channel can name it),
+        -- which the server turns into a resync for every subscribed channel.
+        insert into citas_realtime.events (negocio_id, cita_id, action)
+        values ('', '', 'truncated')
+        returning 1, seq, seq, '', '', 'truncated', 'truncated'
+        into n_events, first_seq, last_seq, neg_min, neg_max, act_min, act_max;
+    elsif tg_op = 'INSERT' then
         with ins as (
             insert into citas_realtime.events (negocio_id, cita_id, action, estado)
             select r.negocio_id::text, r.id::text, 'created', r.estado::text
@@ -244,5 +281,43 @@ create or replace trigger citas_realtime_delete
     after delete on public.citas
     referencing old table as citas_realtime_old
     for each statement execute function citas_realtime.capture();
+
+create or replace trigger citas_realtime_truncate
+    after truncate on public.citas
+    for each statement execute function citas_realtime.capture();
+
+-- Access. The owner (the installer) bypasses row-level security, so the triggers and prune()
+-- (SECURITY DEFINER) are unaffected; everyone else reads only through the policy.
+revoke all on function citas_realtime.version() from public;
+grant usage on schema citas_realtime to citas_realtime_reader;
+grant select on citas_realtime.events, citas_realtime.retention to citas_realtime_reader;
+grant execute on function citas_realtime.version(), citas_realtime.prune(interval)
+    to citas_realtime_reader;
+
+alter table citas_realtime.events enable row level security;
+alter table citas_realtime.retention enable row level security;
+drop policy if exists citas_realtime_reader_read on citas_realtime.events;
+create policy citas_realtime_reader_read on citas_realtime.events
+    for select to citas_realtime_reader using (true);
+drop policy if exists citas_realtime_reader_read on citas_realtime.retention;
+create policy citas_realtime_reader_read on citas_realtime.retention
+    for select to citas_realtime_reader using (true);
+
+-- Supabase grants API roles rights on new objects through default privileges: take back any
+-- that reached our schema.
+do $api$
+declare
+    r text;
+begin
+    foreach r in array array['anon', 'authenticated'] loop
+        if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
+            execute format('revoke all on all tables in schema citas_realtime from %I', r);
+            execute format('revoke all on all sequences in schema citas_realtime from %I', r);
+            execute format('revoke all on all functions in schema citas_realtime from %I', r);
+            execute format('revoke all on schema citas_realtime from %I', r);
+        end if;
+    end loop;
+end
+$api$;
 
 commit;

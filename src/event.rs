@@ -20,6 +20,9 @@ pub enum Action {
     Updated,
     Deleted,
     StatusChanged,
+    /// `TRUNCATE citas`: every negocio must reload. Logged with negocio `''`; each subscriber
+    /// receives `resync` for its channels instead of an event.
+    Truncated,
 }
 
 impl Action {
@@ -30,6 +33,7 @@ impl Action {
             "updated" => Action::Updated,
             "deleted" => Action::Deleted,
             "status_changed" => Action::StatusChanged,
+            "truncated" => Action::Truncated,
             _ => return None,
         })
     }
@@ -41,6 +45,7 @@ impl Action {
             Action::Updated => "cita_updated",
             Action::Deleted => "cita_deleted",
             Action::StatusChanged => "cita_status_changed",
+            Action::Truncated => "resync",
         }
     }
 }
@@ -112,13 +117,24 @@ impl Event {
         }))
     }
 
-    /// The shared, ready-to-send form of this event.
-    pub fn to_outbound(&self) -> Arc<Outbound> {
+    /// The shared, ready-to-send form of this event for subscribers of `negocio_id` (its own
+    /// negocio, or any negocio for a truncate).
+    pub fn to_outbound(&self, negocio_id: &str) -> Arc<Outbound> {
         Arc::new(Outbound {
             seq: self.seq,
-            negocio_id: self.negocio_id.clone(),
-            frame: self.to_frame(),
+            negocio_id: negocio_id.to_string(),
+            frame: self.frame_for(negocio_id),
         })
+    }
+
+    /// What a subscriber of `negocio_id` receives for this event: the event itself, or, for a
+    /// truncate, `resync` on its channel.
+    pub fn frame_for(&self, negocio_id: &str) -> Message {
+        if self.action == Action::Truncated {
+            crate::protocol::resync(&format!("{CHANNEL_PREFIX}{negocio_id}"))
+        } else {
+            self.to_frame()
+        }
     }
 
     /// The channel subscribers of this event's negocio listen on.

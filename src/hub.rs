@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{Event, Outbound};
+use crate::event::{Action, Event, Outbound};
 
 /// Identifies one WebSocket connection.
 pub type ConnId = u64;
@@ -141,22 +141,31 @@ impl Hub {
         {
             let channels = self.read();
             for event in events {
-                let Some(subs) = channels.get(&event.negocio_id) else {
-                    continue;
+                // A truncate concerns every channel; any other event, its negocio's only.
+                let targets: Vec<(&String, &Vec<Subscriber>)> = if event.action == Action::Truncated
+                {
+                    channels.iter().collect()
+                } else {
+                    channels
+                        .get_key_value(&event.negocio_id)
+                        .into_iter()
+                        .collect()
                 };
-                let frame = event.to_outbound();
-                for sub in subs {
-                    if sub.kicked.is_cancelled() {
-                        continue;
-                    }
-                    match sub.queue.try_send(frame.clone()) {
-                        Ok(()) => delivered += 1,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            sub.kicked.cancel();
-                            overflowed.push((event.negocio_id.clone(), sub.id));
+                for (negocio_id, subs) in targets {
+                    let frame = event.to_outbound(negocio_id);
+                    for sub in subs {
+                        if sub.kicked.is_cancelled() {
+                            continue;
                         }
-                        // The connection is closing; it removes itself.
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        match sub.queue.try_send(frame.clone()) {
+                            Ok(()) => delivered += 1,
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                sub.kicked.cancel();
+                                overflowed.push((negocio_id.clone(), sub.id));
+                            }
+                            // The connection is closing; it removes itself.
+                            Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        }
                     }
                 }
             }
@@ -197,7 +206,6 @@ fn remove_from(channels: &mut Channels, negocio_id: &str, id: ConnId) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Action;
 
     fn event(seq: i64, negocio: &str) -> Event {
         Event {

@@ -416,7 +416,7 @@ where
                         .or_default()
                         .insert(event.seq);
                 }
-                frames.push(event.to_frame());
+                frames.push(event.frame_for(negocio));
             }
             if let Flow::Close(frame) = Flow::from(self.write(frames.into_iter()).await) {
                 return Flow::Close(frame);
@@ -459,9 +459,16 @@ async fn read_page(
             return Ok(None);
         }
     }
+    // The negocio's events and the truncates (negocio ''), each an ordered range scan of the
+    // (negocio_id, seq) index; `negocio_id = any(...)` would read and sort every match instead.
     let sql = format!(
-        "select {EVENT_COLUMNS} from citas_realtime.events e
-         where e.negocio_id = $1 and e.seq > $2 order by e.seq limit $3"
+        "select * from (
+            (select {EVENT_COLUMNS}, e.seq as s from citas_realtime.events e
+              where e.negocio_id = $1 and e.seq > $2 order by e.seq limit $3)
+            union all
+            (select {EVENT_COLUMNS}, e.seq as s from citas_realtime.events e
+              where e.negocio_id = '' and e.seq > $2 order by e.seq limit $3)
+         ) page order by s limit $3"
     );
     let statement = client
         .prepare_cached(&sql)

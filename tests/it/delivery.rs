@@ -227,10 +227,7 @@ async fn a_least_privilege_server_and_an_unprivileged_writer() {
     db.client
         .batch_execute(&format!(
             "create role {server_role} login;
-             grant usage on schema citas_realtime to {server_role};
-             grant select on citas_realtime.events, citas_realtime.retention to {server_role};
-             grant execute on function citas_realtime.version(), citas_realtime.prune(interval)
-                 to {server_role};
+             grant citas_realtime_reader to {server_role};
              create role {writer_role} login;
              grant select, insert, update, delete on public.citas to {writer_role};"
         ))

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod dba;
 mod delivery;
 mod demo;
 mod helpers;
