@@ -1,6 +1,6 @@
 -- citas-realtime: install.sql
 --
--- What a DBA runs (psql, the Supabase SQL editor, or `citas-realtime sql install` later) to make
+-- What a DBA runs (psql, the Supabase SQL editor, or `citas-realtime sql install`) to make
 -- every change to public.citas reach the citas-realtime server, whoever writes it.
 --
 -- * Idempotent: a second run is clean; running a newer install.sql upgrades an older install in

@@ -13,7 +13,10 @@ use clap::{Args, Parser, Subcommand};
     after_help = "Examples:\n  \
         citas-realtime                       serve, configured by the environment or .env\n  \
         citas-realtime serve --bind-addr 127.0.0.1:9000\n  \
-        citas-realtime demo --simulate       private database, seeded data, random changes"
+        citas-realtime demo --simulate       private database, seeded data, random changes\n  \
+        citas-realtime sql install           install or upgrade the SQL on DATABASE_URL\n  \
+        citas-realtime check                 diagnose DATABASE_URL and the configuration\n  \
+        citas-realtime token --negocio n1    a development token signed with JWT_SECRET"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -38,6 +41,78 @@ pub enum Command {
     /// Start a private PostgreSQL with example data and serve it: the quickest way to see it work.
     #[command(after_help = "Example:\n  cargo run --release -- demo --simulate")]
     Demo(DemoArgs),
+    /// Sign a development token with JWT_SECRET.
+    #[command(after_help = "Examples:\n  \
+        citas-realtime token --negocio negocio_123\n  \
+        citas-realtime token --negocio a --negocio b --ttl 8h\n  \
+        citas-realtime token --role service_role")]
+    Token(TokenArgs),
+    /// Print, install or uninstall the SQL embedded in this binary (one transaction).
+    #[command(after_help = "Examples:\n  \
+        citas-realtime sql print > install.sql\n  \
+        DATABASE_URL=postgres://... citas-realtime sql install\n  \
+        citas-realtime sql uninstall --database-url postgres://...")]
+    Sql(SqlArgs),
+    /// Diagnose DATABASE_URL and the configuration: one line per check, exit 1 if any fails.
+    #[command(
+        after_help = "Example:\n  DATABASE_URL=postgres://... JWT_SECRET=... citas-realtime check"
+    )]
+    Check(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// A negocio the token grants (repeat for several).
+    #[arg(long = "negocio")]
+    pub negocios: Vec<String>,
+    /// `role` claim; `service_role` grants every negocio.
+    #[arg(long, default_value = "authenticated")]
+    pub role: String,
+    /// Lifetime, e.g. 15m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// `sub` claim.
+    #[arg(long, default_value = "dev")]
+    pub sub: String,
+    /// HS256 secret.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SqlArgs {
+    #[command(subcommand)]
+    pub action: SqlAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SqlAction {
+    /// Print a SQL file to standard output.
+    Print {
+        /// Which file.
+        #[arg(value_enum, default_value = "install")]
+        file: SqlFile,
+    },
+    /// Apply install.sql to DATABASE_URL (installs, or upgrades in place).
+    Install {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Also create the example public.citas when it does not exist (development only).
+        #[arg(long)]
+        with_example_schema: bool,
+    },
+    /// Apply uninstall.sql to DATABASE_URL (never touches a row of citas).
+    Uninstall {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SqlFile {
+    Install,
+    Uninstall,
+    ExampleSchema,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -65,12 +65,8 @@ pub struct Config {
 impl Config {
     /// Validates what the command line and the environment gave.
     pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let url = non_empty(&args.database_url).ok_or(ConfigError::Missing("DATABASE_URL"))?;
-        let database = DbConfig::parse(url).map_err(|reason| ConfigError::Invalid {
-            var: "DATABASE_URL",
-            reason,
-        })?;
-        let secret = non_empty(&args.jwt_secret).ok_or(ConfigError::Missing("JWT_SECRET"))?;
+        let database = database_from(&args.database_url)?;
+        let secret = jwt_secret_from(&args.jwt_secret)?;
         let bind = non_empty(&args.bind_addr).unwrap_or(DEFAULT_BIND_ADDR);
         let bind_addr = bind.parse().map_err(|_| ConfigError::Invalid {
             var: "BIND_ADDR",
@@ -162,6 +158,30 @@ fn duration(
             reason: format!("'{text}' is not a duration like 30s, 15m or 24h ({e})"),
         }),
     }
+}
+
+/// `DATABASE_URL`, parsed, for commands that need only the database.
+pub fn database_from(value: &Option<String>) -> Result<DbConfig, ConfigError> {
+    let url = non_empty(value).ok_or(ConfigError::Missing("DATABASE_URL"))?;
+    DbConfig::parse(url).map_err(|reason| ConfigError::Invalid {
+        var: "DATABASE_URL",
+        reason,
+    })
+}
+
+/// `JWT_SECRET`, for commands that sign or verify tokens.
+pub fn jwt_secret_from(value: &Option<String>) -> Result<&str, ConfigError> {
+    non_empty(value).ok_or(ConfigError::Missing("JWT_SECRET"))
+}
+
+/// A duration argument like `1h` (humantime), named for errors.
+pub fn parse_duration(text: &str, var: &'static str) -> Result<Duration, ConfigError> {
+    duration(
+        &Some(text.to_string()),
+        var,
+        Duration::from_secs(1),
+        Duration::ZERO,
+    )
 }
 
 fn non_empty(value: &Option<String>) -> Option<&str> {

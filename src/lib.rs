@@ -32,9 +32,13 @@
 //! * [`server`]: HTTP routes, binding, startup and graceful shutdown of every task.
 //! * [`pgtemp`]: a private, throw-away PostgreSQL cluster for the demo and the tests.
 //! * [`demo`]: `citas-realtime demo`.
+//! * [`admin`]: `citas-realtime token` and `citas-realtime sql print|install|uninstall`.
+//! * [`check`]: `citas-realtime check`, one line per diagnosis.
 //! * [`cli`]: the command line.
 
+pub mod admin;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod db;

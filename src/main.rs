@@ -33,6 +33,15 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
         Some(Command::Serve(args)) => serve(&runtime, &args),
+        Some(Command::Check(args)) => Ok(runtime.block_on(citas_realtime::check::run(&args))),
+        Some(Command::Sql(args)) => runtime.block_on(citas_realtime::admin::sql(&args.action)),
+        Some(Command::Token(args)) => match citas_realtime::admin::token(&args) {
+            Ok(code) => Ok(code),
+            Err(error) => {
+                eprintln!("error: {error}");
+                Ok(ExitCode::from(2))
+            }
+        },
         None => serve(&runtime, &cli.serve),
     };
     match outcome {
@@ -88,7 +97,9 @@ fn stop_signal() -> CancellationToken {
 
 fn init_logging(format: &str) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // PostgreSQL's NOTICEs (e.g. "already exists, skipping") are not news to an operator.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

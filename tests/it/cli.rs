@@ -57,7 +57,7 @@ fn help_and_version() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
-    for sub in ["serve", "demo"] {
+    for sub in ["serve", "demo", "token", "sql", "check"] {
         let out = Command::new(env!("CARGO_BIN_EXE_citas-realtime"))
             .args([sub, "--help"])
             .output()
@@ -65,4 +65,146 @@ fn help_and_version() {
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).contains("Example"));
     }
+}
+
+fn run_with(envs: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_citas-realtime"));
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("JWT_SECRET")
+        .current_dir(std::env::temp_dir());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn token_signs_what_it_is_asked() {
+    let secret = "cli-secret-cli-secret-cli-secret-0";
+    let (code, stdout, _) = run_with(
+        &[("JWT_SECRET", secret)],
+        &["token", "--negocio", "a", "--negocio", "b", "--ttl", "2h"],
+    );
+    assert_eq!(code, Some(0));
+    let verifier =
+        citas_realtime::auth::Verifier::new(&citas_realtime::config::Secret::new(secret)).unwrap();
+    let principal = verifier.verify(stdout.trim()).expect("a valid token");
+    assert!(principal.grants.allows("a") && principal.grants.allows("b"));
+    assert!(!principal.grants.allows("c"));
+    let lifetime = principal.expires_at - citas_realtime::auth::now_secs();
+    assert!(
+        (7000..=7200).contains(&lifetime),
+        "ttl 2h, got {lifetime} s"
+    );
+    let (code, _, stderr) = run_with(&[], &["token", "--negocio", "a"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("JWT_SECRET"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sql_install_then_check_then_uninstall() {
+    let db = crate::helpers::TestDb::empty().await;
+    let url = db.url.clone();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run_with(
+            &[("DATABASE_URL", &url)],
+            &["sql", "install", "--with-example-schema"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("version 2 installed"), "{stdout}");
+    db.execute("insert into citas (negocio_id) values ('cli')")
+        .await;
+    assert_eq!(db.logged("cli").await.len(), 1);
+
+    let url = db.url.clone();
+    let (code, stdout, _) = tokio::task::spawn_blocking(move || {
+        run_with(
+            &[
+                ("DATABASE_URL", &url),
+                ("JWT_SECRET", "a-secret-of-more-than-32-bytes-0123456789"),
+            ],
+            &["check"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stdout}");
+    for name in [
+        "config",
+        "jwt",
+        "reachable",
+        "tls",
+        "listen",
+        "sql",
+        "triggers",
+        "privileges",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(&format!("{name}:"))),
+            "no ok line for {name}:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("version 2 installed"));
+
+    let url = db.url.clone();
+    let (code, _, _) = tokio::task::spawn_blocking(move || {
+        run_with(&[("DATABASE_URL", &url)], &["sql", "uninstall"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0));
+    assert_eq!(db.execute("select * from citas").await, 1, "rows kept");
+
+    let url = db.url.clone();
+    let (code, stdout, _) = tokio::task::spawn_blocking(move || {
+        run_with(&[("DATABASE_URL", &url), ("JWT_SECRET", "x")], &["check"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL sql:") && l.contains("sql install")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("warn jwt:")),
+        "{stdout}"
+    );
+    // Every line is one check.
+    assert!(stdout
+        .lines()
+        .all(|l| ["ok ", "warn ", "FAIL "].iter().any(|p| l.starts_with(p))));
+}
+
+#[test]
+fn check_names_an_unreachable_database() {
+    let (code, stdout, _) = run_with(
+        &[(
+            "DATABASE_URL",
+            "postgres://nobody@127.0.0.1:1/db?sslmode=disable",
+        )],
+        &["check"],
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stdout.lines().any(|l| l.starts_with("FAIL reachable:")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("FAIL jwt:")),
+        "{stdout}"
+    );
 }

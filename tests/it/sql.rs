@@ -230,3 +230,15 @@ async fn a_large_statement_sends_one_small_notification() {
     // The example schema is also valid input for a second run.
     db.client.batch_execute(EXAMPLE_SCHEMA).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_installed_version_is_the_one_the_binary_ships() {
+    let db = TestDb::new().await;
+    let version: i32 = db
+        .client
+        .query_one("select citas_realtime.version()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, citas_realtime::sql::SQL_VERSION);
+}

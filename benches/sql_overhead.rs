@@ -1,0 +1,196 @@
+//! What our triggers cost a writer: the same statements on a database without them and with
+//! them (and a server LISTENing), on one private PostgreSQL.
+//!
+//! Run: `cargo bench --bench sql_overhead` (add `-- --rows 100000 --seconds 5` to change sizes).
+//! The private cluster runs with fsync and synchronous_commit off, which makes commits cheaper
+//! than on a production server: the ratios here are, if anything, pessimistic for us.
+
+use std::time::{Duration, Instant};
+
+use citas_realtime::pgtemp::TempPostgres;
+use citas_realtime::sql::{EXAMPLE_SCHEMA, INSTALL, NOTIFY_CHANNEL};
+use futures::StreamExt;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+struct Args {
+    rows: u32,
+    seconds: u64,
+    repeats: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        rows: 100_000,
+        seconds: 5,
+        repeats: 3,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < argv.len() {
+        let value = argv.get(i + 1).and_then(|v| v.parse::<u64>().ok());
+        match (argv[i].as_str(), value) {
+            ("--rows", Some(v)) => a.rows = v as u32,
+            ("--seconds", Some(v)) => a.seconds = v,
+            ("--repeats", Some(v)) => a.repeats = v as usize,
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// A connection that LISTENs and drains notifications, as the server does.
+async fn listen(url: &str) -> (Client, tokio::task::JoinHandle<u64>) {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    let handle = tokio::spawn(async move {
+        let mut n = 0u64;
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(_) = message {
+                n += 1;
+            }
+        }
+        n
+    });
+    client
+        .batch_execute(&format!("listen {NOTIFY_CHANNEL}"))
+        .await
+        .expect("listen");
+    (client, handle)
+}
+
+async fn timed(client: &Client, sql: &str) -> Duration {
+    let start = Instant::now();
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    start.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+struct Figures {
+    insert: Duration,
+    update: Duration,
+    delete: Duration,
+    commits_per_sec: f64,
+}
+
+async fn measure(client: &Client, a: &Args) -> Figures {
+    let (mut ins, mut upd, mut del) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..a.repeats {
+        ins.push(
+            timed(
+                client,
+                &format!(
+                    "insert into citas (negocio_id, cliente_id) \
+                     select 'n' || (g % 100), 'c' || g from generate_series(1, {}) g",
+                    a.rows
+                ),
+            )
+            .await,
+        );
+        upd.push(timed(client, "update citas set estado = 'confirmada'").await);
+        del.push(timed(client, "delete from citas").await);
+        client.batch_execute("vacuum citas").await.expect("vacuum");
+    }
+    let statement = client
+        .prepare("insert into citas (negocio_id) values ($1)")
+        .await
+        .expect("prepare");
+    let until = Instant::now() + Duration::from_secs(a.seconds);
+    let start = Instant::now();
+    let mut commits = 0u64;
+    while Instant::now() < until {
+        client.execute(&statement, &[&"n1"]).await.expect("insert");
+        commits += 1;
+    }
+    let commits_per_sec = commits as f64 / start.elapsed().as_secs_f64();
+    client
+        .batch_execute("truncate citas")
+        .await
+        .expect("truncate");
+    Figures {
+        insert: median(ins),
+        update: median(upd),
+        delete: median(del),
+        commits_per_sec,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .expect("join")
+        .expect("a private PostgreSQL (install the postgresql package)");
+    let admin = connect(&pg.url("postgres")).await;
+    admin
+        .batch_execute("create database bare; create database with_triggers")
+        .await
+        .expect("databases");
+    let bare = connect(&pg.url("bare")).await;
+    bare.batch_execute(EXAMPLE_SCHEMA).await.expect("schema");
+    let with_url = pg.url("with_triggers");
+    let with = connect(&with_url).await;
+    with.batch_execute(EXAMPLE_SCHEMA).await.expect("schema");
+    with.batch_execute(INSTALL).await.expect("install");
+    let (listener, drain) = listen(&with_url).await;
+
+    println!(
+        "sql_overhead: {} rows per statement (median of {}), single-row commits for {} s",
+        a.rows, a.repeats, a.seconds
+    );
+    let b = measure(&bare, &a).await;
+    let w = measure(&with, &a).await;
+    drop(with);
+    drop(listener);
+    let notifications = drain.await.unwrap_or(0);
+
+    let row = |name: &str, bare: Duration, with: Duration| {
+        println!(
+            "{name:<34} {:>10.1} ms {:>10.1} ms {:>7.2}x",
+            bare.as_secs_f64() * 1e3,
+            with.as_secs_f64() * 1e3,
+            with.as_secs_f64() / bare.as_secs_f64()
+        );
+    };
+    println!(
+        "{:<34} {:>13} {:>13} {:>8}",
+        "statement", "no trigger", "citas-realtime", "ratio"
+    );
+    row(
+        &format!("INSERT ... SELECT {} rows", a.rows),
+        b.insert,
+        w.insert,
+    );
+    row(
+        &format!("UPDATE {} rows (estado)", a.rows),
+        b.update,
+        w.update,
+    );
+    row(&format!("DELETE {} rows", a.rows), b.delete, w.delete);
+    println!(
+        "{:<34} {:>10.0} /s {:>10.0} /s {:>6.0} %",
+        "single-row INSERT commits",
+        b.commits_per_sec,
+        w.commits_per_sec,
+        100.0 * w.commits_per_sec / b.commits_per_sec
+    );
+    println!("notifications received by the listening connection: {notifications}");
+    drop(pg);
+}

@@ -1,0 +1,278 @@
+//! `citas-realtime check`: diagnoses the configuration and the database the way the server will
+//! use them, one line per check (`ok`, `warn` or `FAIL`), then exits 1 if anything failed.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_postgres::AsyncMessage;
+
+use crate::cli::ServeArgs;
+use crate::config::{database_from, jwt_secret_from, Config};
+use crate::db::{with_causes, DbConfig, SslMode};
+use crate::sql::SQL_VERSION;
+
+/// How long the LISTEN/NOTIFY round trip may take.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Default)]
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn ok(&mut self, name: &str, detail: impl AsRef<str>) {
+        println!("ok   {name}: {}", detail.as_ref());
+    }
+    fn warn(&mut self, name: &str, detail: impl AsRef<str>) {
+        println!("warn {name}: {}", detail.as_ref());
+    }
+    fn fail(&mut self, name: &str, detail: impl AsRef<str>) {
+        self.failed = true;
+        println!("FAIL {name}: {}", detail.as_ref());
+    }
+}
+
+pub async fn run(args: &ServeArgs) -> ExitCode {
+    let mut r = Report::default();
+    match Config::from_args(args) {
+        Ok(_) => r.ok("config", "every variable is valid"),
+        Err(error) => r.fail("config", error.to_string()),
+    }
+    match jwt_secret_from(&args.jwt_secret) {
+        Ok(secret) if secret.len() >= 32 => r.ok(
+            "jwt",
+            format!(
+                "JWT_SECRET set ({} bytes), HS256, exp required",
+                secret.len()
+            ),
+        ),
+        Ok(secret) => r.warn(
+            "jwt",
+            format!(
+                "JWT_SECRET is only {} bytes: use at least 32 random bytes",
+                secret.len()
+            ),
+        ),
+        Err(error) => r.fail("jwt", error.to_string()),
+    }
+    match database_from(&args.database_url) {
+        Ok(db) => database(&mut r, &db).await,
+        Err(error) => r.fail("database", error.to_string()),
+    }
+    if r.failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn database(r: &mut Report, db: &DbConfig) {
+    let started = Instant::now();
+    let (client, mut connection) = match db.connect().await {
+        Ok(pair) => pair,
+        Err(error) => return r.fail("reachable", format!("{db}: {error}")),
+    };
+    // Drive the connection through poll_message so notifications reach us.
+    let (notified_tx, mut notified) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = notified_tx.send(n.channel().to_string());
+            }
+        }
+    });
+    let version = client
+        .query_one(
+            "select current_setting('server_version'), current_user",
+            &[],
+        )
+        .await
+        .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)));
+    match &version {
+        Ok((v, user)) => r.ok(
+            "reachable",
+            format!(
+                "{db} as {user}, PostgreSQL {v}, in {} ms",
+                started.elapsed().as_millis()
+            ),
+        ),
+        Err(error) => return r.fail("reachable", with_causes(error)),
+    }
+    let user = version.map(|(_, u)| u).unwrap_or_default();
+
+    tls(r, db, &client).await;
+    listen(r, db, &client, &mut notified).await;
+    installed(r, &client, &user).await;
+    driver.abort();
+}
+
+async fn tls(r: &mut Report, db: &DbConfig, client: &tokio_postgres::Client) {
+    let row = client
+        .query_opt(
+            "select ssl, coalesce(version, '') from pg_stat_ssl where pid = pg_backend_pid()",
+            &[],
+        )
+        .await;
+    let encrypted = match row {
+        Ok(Some(row)) => row.get::<_, bool>(0).then(|| row.get::<_, String>(1)),
+        _ => None,
+    };
+    let local = db.host_display().starts_with("127.")
+        || db.host_display().starts_with("localhost")
+        || db.host_display().starts_with('/');
+    match (encrypted, db.ssl_mode()) {
+        (Some(version), SslMode::VerifyFull) => r.ok(
+            "tls",
+            format!("{version}, certificate and host name verified"),
+        ),
+        (Some(version), SslMode::VerifyCa) => r.ok(
+            "tls",
+            format!("{version}, certificate verified (not the host name: use verify-full)"),
+        ),
+        (Some(version), _) if !db.tls_unverified() => r.ok(
+            "tls",
+            format!("{version}, certificate verified against sslrootcert"),
+        ),
+        (Some(version), mode) => r.warn(
+            "tls",
+            format!(
+                "{version}, but sslmode={mode:?} does not check the certificate: use \
+                 sslmode=verify-full with sslrootcert"
+            ),
+        ),
+        (None, _) if local => r.ok("tls", "not encrypted (local connection)"),
+        (None, _) => r.warn(
+            "tls",
+            "not encrypted: add sslmode=verify-full (with sslrootcert) to DATABASE_URL",
+        ),
+    }
+}
+
+async fn listen(
+    r: &mut Report,
+    db: &DbConfig,
+    client: &tokio_postgres::Client,
+    notified: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let channel = format!("citas_realtime_check_{}", std::process::id());
+    let round_trip = async {
+        client.batch_execute(&format!("listen {channel}")).await?;
+        client
+            .execute("select pg_notify($1, 'check')", &[&channel])
+            .await?;
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    if let Err(error) = round_trip.await {
+        return r.fail("listen", with_causes(&error));
+    }
+    let arrived = tokio::time::timeout(NOTIFY_TIMEOUT, async {
+        while let Some(c) = notified.recv().await {
+            if c == channel {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    let _ = client.batch_execute(&format!("unlisten {channel}")).await;
+    if arrived {
+        r.ok("listen", "LISTEN/NOTIFY round trip works")
+    } else {
+        let hint = if db.host_display().ends_with(":6543") {
+            " (port 6543 is Supabase's transaction-mode pooler, which cannot LISTEN)"
+        } else {
+            ""
+        };
+        r.fail(
+            "listen",
+            format!(
+                "a notification sent on this connection never came back{hint}: connect \
+                 directly or through a session-mode pooler (Supabase: port 5432)"
+            ),
+        )
+    }
+}
+
+async fn installed(r: &mut Report, client: &tokio_postgres::Client, user: &str) {
+    match client
+        .query_one("select citas_realtime.version()", &[])
+        .await
+    {
+        Ok(row) => {
+            let version: i32 = row.get(0);
+            if version == SQL_VERSION {
+                r.ok("sql", format!("citas_realtime version {version} installed"))
+            } else if version < SQL_VERSION {
+                r.warn(
+                    "sql",
+                    format!(
+                        "citas_realtime version {version} installed, this server ships \
+                         {SQL_VERSION}: run `citas-realtime sql install` to upgrade in place"
+                    ),
+                )
+            } else {
+                r.warn(
+                    "sql",
+                    format!(
+                        "citas_realtime version {version} is newer than this server's \
+                         ({SQL_VERSION}): upgrade the server"
+                    ),
+                )
+            }
+        }
+        Err(error) => {
+            return r.fail(
+                "sql",
+                format!(
+                    "citas_realtime is not installed or not readable by {user} ({}): run \
+                     `citas-realtime sql install`, then `grant citas_realtime_reader to {user}`",
+                    with_causes(&error)
+                ),
+            )
+        }
+    }
+    match client
+        .query_one(
+            "select count(*) filter (where tgenabled <> 'D'), count(*) from pg_trigger
+             where tgrelid = to_regclass('public.citas') and tgname like 'citas_realtime_%'",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => {
+            let (enabled, all): (i64, i64) = (row.get(0), row.get(1));
+            if enabled == 4 {
+                r.ok("triggers", "4 triggers on public.citas, all enabled")
+            } else {
+                r.fail(
+                    "triggers",
+                    format!(
+                        "{enabled} of 4 triggers enabled on public.citas ({all} present): run \
+                         `citas-realtime sql install`"
+                    ),
+                )
+            }
+        }
+        Err(error) => r.fail("triggers", with_causes(&error)),
+    }
+    match client
+        .query_one(
+            "select (select count(*) from (select 1 from citas_realtime.events limit 1) e),
+                    (select pruned_upto from citas_realtime.retention)",
+            &[],
+        )
+        .await
+    {
+        Ok(_) => r.ok("privileges", format!("{user} can read the event log")),
+        Err(error) => r.fail(
+            "privileges",
+            format!(
+                "{user} cannot read the event log ({}): grant citas_realtime_reader to {user}",
+                with_causes(&error)
+            ),
+        ),
+    }
+}
