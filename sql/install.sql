@@ -70,7 +70,9 @@ begin
     if not exists (select 1 from pg_catalog.pg_roles where rolname = 'citas_realtime_reader') then
         begin
             create role citas_realtime_reader nologin;
-        exception when insufficient_privilege then
+        exception when duplicate_object or unique_violation then
+            null; -- created meanwhile by an install in another database of the cluster
+        when insufficient_privilege then
             raise exception 'citas-realtime: cannot create role citas_realtime_reader'
                 using hint = 'Ask a superuser to run: create role citas_realtime_reader nologin; then run install.sql again.';
         end;
@@ -266,7 +268,53 @@ end
 $fn$;
 revoke all on function citas_realtime.capture() from public;
 
--- Transition tables need one trigger per event; all three share the function above.
+-- The dashboard's figures for one negocio: THE place a DBA changes what the dashboard shows.
+-- The server calls it (coalesced, at most once per negocio per short window) after changes and
+-- pushes the result to subscribers, so 30 staff watching one negocio cost one query, not 30.
+-- install.sql creates it only when it does not exist, so a DBA's own version survives upgrades;
+-- to get this default back, drop the function and run install.sql again. It may return any
+-- JSON object; the server adds "seq" (the last event the figures include).
+do $stats$
+declare
+    -- Without a fecha column there is no "today": hoy is left out.
+    has_fecha boolean := exists (
+        select 1 from pg_catalog.pg_attribute
+        where attrelid = 'public.citas'::regclass and attname = 'fecha'
+          and attnum > 0 and not attisdropped);
+begin
+    if to_regprocedure('citas_realtime.estadisticas(text)') is null then
+        execute format($def$
+        create function citas_realtime.estadisticas(negocio_id text) returns jsonb
+            language sql stable
+            security definer
+            set search_path = pg_catalog, pg_temp
+        as $fn$
+            with c as (
+                select c.estado::text as estado, %s as hoy
+                from public.citas c
+                where c.negocio_id::text = estadisticas.negocio_id
+            ),
+            estados(estado) as (
+                values ('pendiente'), ('confirmada'), ('completada'), ('cancelada')
+            )
+            select jsonb_build_object(
+                'total', (select count(*) from c),
+                'por_estado', (select jsonb_object_agg(e.estado,
+                                  (select count(*) from c where c.estado = e.estado))
+                               from estados e)) %s
+        $fn$ $def$,
+        case when has_fecha then 'c.fecha = current_date' else 'false' end,
+        case when has_fecha then $hoy$ || jsonb_build_object('hoy', jsonb_build_object(
+                    'total', (select count(*) from c where c.hoy),
+                    'por_estado', (select jsonb_object_agg(e.estado,
+                                      (select count(*) from c where c.hoy and c.estado = e.estado))
+                                   from estados e))) $hoy$ else '' end);
+    end if;
+end
+$stats$;
+revoke all on function citas_realtime.estadisticas(text) from public;
+
+-- Transition tables need one trigger per event; all four share capture().
 create or replace trigger citas_realtime_insert
     after insert on public.citas
     referencing new table as citas_realtime_new
@@ -291,8 +339,8 @@ create or replace trigger citas_realtime_truncate
 revoke all on function citas_realtime.version() from public;
 grant usage on schema citas_realtime to citas_realtime_reader;
 grant select on citas_realtime.events, citas_realtime.retention to citas_realtime_reader;
-grant execute on function citas_realtime.version(), citas_realtime.prune(interval)
-    to citas_realtime_reader;
+grant execute on function citas_realtime.version(), citas_realtime.prune(interval),
+    citas_realtime.estadisticas(text) to citas_realtime_reader;
 
 alter table citas_realtime.events enable row level security;
 alter table citas_realtime.retention enable row level security;

@@ -142,9 +142,26 @@ pub struct ServeArgs {
     #[arg(long, env = "WS_PING_INTERVAL")]
     pub ws_ping_interval: Option<String>,
 
-    /// Database connections for replays and pruning (the listener has its own) [default: 4].
+    /// Database connections for replays, statistics and pruning (the listener has its own)
+    /// [default: 4].
     #[arg(long, env = "DB_POOL_SIZE")]
     pub db_pool_size: Option<String>,
+
+    /// Live statistics pushed to subscribers: `on` or `off` [default: on].
+    #[arg(long, env = "STATS")]
+    pub stats: Option<String>,
+
+    /// Statistics coalescing window: one query per negocio per window [default: 150ms].
+    #[arg(long, env = "STATS_INTERVAL")]
+    pub stats_interval: Option<String>,
+
+    /// Longest a statistics query may run [default: 2s].
+    #[arg(long, env = "STATS_TIMEOUT")]
+    pub stats_timeout: Option<String>,
+
+    /// Statistics queries at a time [default: 2].
+    #[arg(long, env = "STATS_CONCURRENCY")]
+    pub stats_concurrency: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

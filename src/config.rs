@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::cli::ServeArgs;
 use crate::db::DbConfig;
+use crate::stats::StatsSettings;
 
 /// Default address, as the server this one replaces used.
 pub const DEFAULT_BIND_ADDR: &str = "0.0.0.0:8080";
@@ -60,6 +61,8 @@ pub struct Config {
     pub event_retention: Option<Duration>,
     pub ws_ping_interval: Duration,
     pub db_pool_size: usize,
+    /// `None`: statistics are off (`STATS=off`).
+    pub stats: Option<StatsSettings>,
 }
 
 impl Config {
@@ -100,6 +103,30 @@ impl Config {
             1..=100,
             DEFAULT_DB_POOL_SIZE,
         )?;
+        let stats = match non_empty(&args.stats) {
+            None | Some("on") => Some(StatsSettings {
+                interval: duration(
+                    &args.stats_interval,
+                    "STATS_INTERVAL",
+                    Duration::from_millis(10),
+                    Duration::from_millis(150),
+                )?,
+                timeout: duration(
+                    &args.stats_timeout,
+                    "STATS_TIMEOUT",
+                    Duration::from_millis(10),
+                    Duration::from_secs(2),
+                )?,
+                concurrency: number(&args.stats_concurrency, "STATS_CONCURRENCY", 1..=64, 2)?,
+            }),
+            Some("off") => None,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "STATS",
+                    reason: format!("'{other}' is not on or off"),
+                })
+            }
+        };
         Ok(Config {
             database,
             jwt_secret: Secret::new(secret),
@@ -108,6 +135,7 @@ impl Config {
             event_retention,
             ws_ping_interval,
             db_pool_size,
+            stats,
         })
     }
 }

@@ -94,6 +94,8 @@ pub struct Outbound {
     pub seq: i64,
     pub negocio_id: String,
     pub frame: Message,
+    /// True for events (subject to replay de-duplication), false for statistics snapshots.
+    pub is_event: bool,
 }
 
 impl Event {
@@ -124,6 +126,7 @@ impl Event {
             seq: self.seq,
             negocio_id: negocio_id.to_string(),
             frame: self.frame_for(negocio_id),
+            is_event: true,
         })
     }
 

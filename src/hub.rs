@@ -50,7 +50,14 @@ impl LogPosition {
     }
 }
 
-type Channels = HashMap<String, Vec<Subscriber>>;
+/// One subscription: the connection, and whether it wants statistics snapshots.
+#[derive(Debug, Clone)]
+struct Entry {
+    sub: Subscriber,
+    stats: bool,
+}
+
+type Channels = HashMap<String, Vec<Entry>>;
 
 #[derive(Debug, Default)]
 pub struct Hub {
@@ -108,11 +115,14 @@ impl Hub {
     /// Adds `sub` to the subscribers of `negocio_id` (subscribing twice is harmless) and returns
     /// the listener's position at that instant: the events `sub` will receive live are exactly
     /// those for which [`LogPosition::may_publish_later`] holds.
-    pub fn subscribe(&self, negocio_id: &str, sub: &Subscriber) -> LogPosition {
+    pub fn subscribe(&self, negocio_id: &str, sub: &Subscriber, stats: bool) -> LogPosition {
         let mut channels = self.write();
         let list = channels.entry(negocio_id.to_string()).or_default();
-        if !list.iter().any(|s| s.id == sub.id) {
-            list.push(sub.clone());
+        if !list.iter().any(|e| e.sub.id == sub.id) {
+            list.push(Entry {
+                sub: sub.clone(),
+                stats,
+            });
         }
         self.position
             .lock()
@@ -133,17 +143,62 @@ impl Hub {
         }
     }
 
+    /// The listener's position now.
+    pub fn position(&self) -> LogPosition {
+        self.position
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The negocios that have at least one subscriber wanting statistics, among `negocios`
+    /// (all of them when `negocios` is `None`).
+    pub fn with_stats_subscribers(&self, negocios: Option<&[String]>) -> Vec<String> {
+        let channels = self.read();
+        let wants = |list: &Vec<Entry>| list.iter().any(|e| e.stats);
+        match negocios {
+            Some(negocios) => negocios
+                .iter()
+                .filter(|n| channels.get(*n).is_some_and(wants))
+                .cloned()
+                .collect(),
+            None => channels
+                .iter()
+                .filter(|(_, list)| wants(list))
+                .map(|(n, _)| n.clone())
+                .collect(),
+        }
+    }
+
+    /// Queues a statistics snapshot for the subscribers of `negocio_id` that want it (only
+    /// connection `only`, when given).
+    pub fn push_stats(&self, negocio_id: &str, frame: Arc<Outbound>, only: Option<ConnId>) {
+        let mut overflowed = Vec::new();
+        {
+            let channels = self.read();
+            for entry in channels.get(negocio_id).into_iter().flatten() {
+                if entry.stats && only.is_none_or(|id| id == entry.sub.id) {
+                    if let Some(id) = offer(&entry.sub, &frame) {
+                        overflowed.push((negocio_id.to_string(), id));
+                    }
+                }
+            }
+        }
+        self.kick(overflowed);
+    }
+
     /// Queues each event, in order, for every subscriber of its negocio, and records that the
-    /// listener has got to `position`.
-    pub fn publish(&self, events: &[Event], position: LogPosition) {
+    /// listener has got to `position`. Returns the negocios that had subscribers (all of them
+    /// for a truncate): the ones whose statistics may have changed.
+    pub fn publish(&self, events: &[Event], position: LogPosition) -> Vec<String> {
         let mut overflowed: Vec<(String, ConnId)> = Vec::new();
+        let mut touched: Vec<String> = Vec::new();
         let mut delivered = 0u64;
         {
             let channels = self.read();
             for event in events {
                 // A truncate concerns every channel; any other event, its negocio's only.
-                let targets: Vec<(&String, &Vec<Subscriber>)> = if event.action == Action::Truncated
-                {
+                let targets: Vec<(&String, &Vec<Entry>)> = if event.action == Action::Truncated {
                     channels.iter().collect()
                 } else {
                     channels
@@ -153,32 +208,36 @@ impl Hub {
                 };
                 for (negocio_id, subs) in targets {
                     let frame = event.to_outbound(negocio_id);
-                    for sub in subs {
-                        if sub.kicked.is_cancelled() {
-                            continue;
+                    for entry in subs {
+                        match offer(&entry.sub, &frame) {
+                            None => delivered += 1,
+                            Some(id) => overflowed.push((negocio_id.clone(), id)),
                         }
-                        match sub.queue.try_send(frame.clone()) {
-                            Ok(()) => delivered += 1,
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                sub.kicked.cancel();
-                                overflowed.push((negocio_id.clone(), sub.id));
-                            }
-                            // The connection is closing; it removes itself.
-                            Err(mpsc::error::TrySendError::Closed(_)) => {}
-                        }
+                    }
+                    if touched.last() != Some(negocio_id) {
+                        touched.push(negocio_id.clone());
                     }
                 }
             }
             *self.position.lock().unwrap_or_else(PoisonError::into_inner) = position;
         }
         self.delivered.fetch_add(delivered, Ordering::Relaxed);
-        if !overflowed.is_empty() {
-            self.kicked
-                .fetch_add(overflowed.len() as u64, Ordering::Relaxed);
-            let mut channels = self.write();
-            for (negocio_id, id) in overflowed {
-                remove_from(&mut channels, &negocio_id, id);
-            }
+        self.kick(overflowed);
+        touched.sort();
+        touched.dedup();
+        touched
+    }
+
+    /// Removes the subscriptions of connections whose queue overflowed (already kicked).
+    fn kick(&self, overflowed: Vec<(String, ConnId)>) {
+        if overflowed.is_empty() {
+            return;
+        }
+        self.kicked
+            .fetch_add(overflowed.len() as u64, Ordering::Relaxed);
+        let mut channels = self.write();
+        for (negocio_id, id) in overflowed {
+            remove_from(&mut channels, &negocio_id, id);
         }
     }
 
@@ -194,9 +253,26 @@ impl Hub {
     }
 }
 
+/// Queues `frame` for `sub` without waiting. Returns the connection's id when its queue is full:
+/// it is kicked (its connection closes with 1013) and must be unsubscribed.
+fn offer(sub: &Subscriber, frame: &Arc<Outbound>) -> Option<ConnId> {
+    if sub.kicked.is_cancelled() {
+        return None;
+    }
+    match sub.queue.try_send(frame.clone()) {
+        Ok(()) => None,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            sub.kicked.cancel();
+            Some(sub.id)
+        }
+        // The connection is closing; it removes itself.
+        Err(mpsc::error::TrySendError::Closed(_)) => None,
+    }
+}
+
 fn remove_from(channels: &mut Channels, negocio_id: &str, id: ConnId) {
     if let Some(list) = channels.get_mut(negocio_id) {
-        list.retain(|s| s.id != id);
+        list.retain(|e| e.sub.id != id);
         if list.is_empty() {
             channels.remove(negocio_id);
         }
@@ -234,8 +310,8 @@ mod tests {
         let hub = Hub::new();
         let (slow, _slow_rx) = subscriber(&hub, 2);
         let (fast, mut fast_rx) = subscriber(&hub, 16);
-        hub.subscribe("a", &slow);
-        hub.subscribe("a", &fast);
+        hub.subscribe("a", &slow, false);
+        hub.subscribe("a", &fast, false);
         let events = [event(1, "a"), event(2, "a"), event(3, "a")];
         hub.publish(&events, LogPosition::default());
         assert!(slow.kicked.is_cancelled());
@@ -252,7 +328,7 @@ mod tests {
     fn events_reach_only_their_negocio() {
         let hub = Hub::new();
         let (a, mut a_rx) = subscriber(&hub, 16);
-        hub.subscribe("a", &a);
+        hub.subscribe("a", &a, true);
         let position = LogPosition {
             cursor: 2,
             gaps: vec![(1, 1)],
@@ -261,7 +337,8 @@ mod tests {
         let queued = a_rx.try_recv().expect("queued");
         assert_eq!((queued.seq, queued.negocio_id.as_str()), (2, "a"));
         assert!(a_rx.try_recv().is_err());
-        assert_eq!(hub.subscribe("a", &a), position);
+        assert_eq!(hub.subscribe("a", &a, true), position);
+        assert_eq!(hub.with_stats_subscribers(None), ["a"]);
         assert!(position.may_publish_later(1) && position.may_publish_later(3));
         assert!(!position.may_publish_later(2));
         hub.unsubscribe("a", a.id);

@@ -25,6 +25,7 @@
 //! * [`listener`]: the only code that speaks `LISTEN`; turns notifications into log reads.
 //! * [`hub`]: who is subscribed to which negocio; fan-out with per-client bounded queues.
 //! * [`retention`]: pruning old events on a timer (one instance at a time).
+//! * [`stats`]: live statistics, computed once per negocio (coalesced) and pushed.
 //! * [`auth`]: JWT verification and the negocios a token grants.
 //! * [`protocol`]: the JSON messages clients send and receive.
 //! * [`ws`]: the WebSocket upgrade (after the token is verified), the per-connection task, and
@@ -51,4 +52,5 @@ pub mod protocol;
 pub mod retention;
 pub mod server;
 pub mod sql;
+pub mod stats;
 pub mod ws;

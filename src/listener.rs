@@ -42,6 +42,7 @@ use crate::db::{with_causes, ConnectError, DbConfig};
 use crate::event::{Event, EVENT_COLUMNS};
 use crate::hub::{Hub, LogPosition};
 use crate::sql::NOTIFY_CHANNEL;
+use crate::stats::Stats;
 
 /// Rows read from the log at a time.
 pub const READ_BATCH: i64 = 1000;
@@ -96,6 +97,7 @@ pub struct Listener {
     started: Instant,
     db: DbConfig,
     hub: Arc<Hub>,
+    stats: Option<Arc<Stats>>,
     status: Arc<ListenerStatus>,
     shutdown: CancellationToken,
 }
@@ -104,6 +106,7 @@ impl Listener {
     pub fn new(
         db: DbConfig,
         hub: Arc<Hub>,
+        stats: Option<Arc<Stats>>,
         status: Arc<ListenerStatus>,
         shutdown: CancellationToken,
     ) -> Listener {
@@ -111,6 +114,7 @@ impl Listener {
             started: Instant::now(),
             db,
             hub,
+            stats,
             status,
             shutdown,
         }
@@ -241,7 +245,10 @@ impl Listener {
                 .store(log.cursor.unwrap_or(0), Ordering::Relaxed);
             // Always, even with no events: the hub records how far the listener has got, which
             // is what resuming clients de-duplicate against.
-            self.hub.publish(&events, log.position());
+            let touched = self.hub.publish(&events, log.position());
+            if let Some(stats) = &self.stats {
+                stats.mark_dirty(touched);
+            }
             if new_rows < READ_BATCH as usize {
                 return Ok(());
             }

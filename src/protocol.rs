@@ -22,6 +22,9 @@ pub enum ClientMessage {
         channel: String,
         #[serde(default)]
         since: Option<i64>,
+        /// `false`: no statistics snapshots for this channel.
+        #[serde(default)]
+        stats: Option<bool>,
     },
     Unsubscribe {
         channel: String,
@@ -35,6 +38,7 @@ pub enum ErrorCode {
     BadRequest,
     BadChannel,
     Forbidden,
+    StatsUnavailable,
 }
 
 impl ErrorCode {
@@ -43,6 +47,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::BadChannel => "bad_channel",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::StatsUnavailable => "stats_unavailable",
         }
     }
 }
@@ -113,7 +118,8 @@ mod tests {
             parse(r#"{"type":"subscribe","channel":"estadisticas:a","since":3}"#),
             Ok(ClientMessage::Subscribe {
                 channel: "estadisticas:a".into(),
-                since: Some(3)
+                since: Some(3),
+                stats: None,
             })
         );
         assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));

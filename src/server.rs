@@ -44,6 +44,7 @@ pub struct RunningServer {
     http: JoinHandle<()>,
     listener: JoinHandle<()>,
     retention: Option<JoinHandle<()>>,
+    stats_task: Option<JoinHandle<()>>,
 }
 
 /// Binds, starts the listener and the HTTP server, and returns at once: the listener connects
@@ -59,14 +60,6 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let hub = Arc::new(Hub::new());
     let status = Arc::new(ListenerStatus::default());
 
-    let listener = Listener::new(
-        config.database.clone(),
-        hub.clone(),
-        status.clone(),
-        shutdown.clone(),
-    );
-    let listener = tokio::spawn(listener.run());
-
     let pool = config
         .database
         .pool(config.db_pool_size)
@@ -74,7 +67,14 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let retention = config
         .event_retention
         .map(|keep| tokio::spawn(crate::retention::run(pool.clone(), keep, shutdown.clone())));
+    let stats = config
+        .stats
+        .map(|settings| crate::stats::Stats::new(settings, hub.clone(), pool.clone()));
+    let stats_task = stats
+        .clone()
+        .map(|engine| tokio::spawn(engine.run(shutdown.clone())));
     let ctx = WsContext {
+        stats: stats.clone(),
         hub: hub.clone(),
         queue_capacity: config.client_queue_capacity,
         ping_interval: config.ws_ping_interval,
@@ -82,6 +82,14 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
     };
+    let listener = Listener::new(
+        config.database.clone(),
+        hub.clone(),
+        stats.clone(),
+        status.clone(),
+        shutdown.clone(),
+    );
+    let listener = tokio::spawn(listener.run());
     let routes = routes(ctx, verifier, status.clone());
     let http = tokio::spawn(
         warp::serve(routes)
@@ -111,6 +119,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         http,
         listener,
         retention,
+        stats_task,
     })
 }
 
@@ -128,8 +137,8 @@ impl RunningServer {
         }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.http).await;
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.listener).await;
-        if let Some(retention) = self.retention {
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, retention).await;
+        for task in [self.retention, self.stats_task].into_iter().flatten() {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
         }
         tracing::info!("stopped");
     }
@@ -152,6 +161,7 @@ fn routes(
     status: Arc<ListenerStatus>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let hub = ctx.hub.clone();
+    let stats = ctx.stats.clone();
     let ws = warp::path!("ws")
         .and(warp::get())
         .and(
@@ -168,15 +178,16 @@ fn routes(
         );
     let health = warp::path!("health").and(warp::get()).map(move || {
         let connected = status.is_connected();
-        let stats = hub.stats();
+        let counts = hub.stats();
         let body = serde_json::json!({
             "status": if connected { "ok" } else { "unavailable" },
             "listener": if connected { "connected" } else { "disconnected" },
             "last_seq": status.last_seq(),
             "listener_reconnects": status.reconnects(),
-            "connections": stats.connections,
-            "subscriptions": stats.subscriptions,
-            "slow_clients_kicked": stats.slow_clients_kicked,
+            "connections": counts.connections,
+            "subscriptions": counts.subscriptions,
+            "slow_clients_kicked": counts.slow_clients_kicked,
+            "stats_queries": stats.as_ref().map(|s| s.queries()),
         });
         let code = if connected {
             StatusCode::OK

@@ -45,6 +45,7 @@ use crate::db::with_causes;
 use crate::event::{Event, Outbound, EVENT_COLUMNS};
 use crate::hub::{Hub, LogPosition, Subscriber};
 use crate::protocol::{self, ClientMessage, ErrorCode};
+use crate::stats::Stats;
 
 /// Clients only send small control messages: anything larger is refused by tungstenite.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024;
@@ -64,7 +65,7 @@ pub fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(1024 * 1024)
+        .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(MAX_MESSAGE_SIZE))
         .max_frame_size(Some(MAX_MESSAGE_SIZE))
 }
@@ -78,6 +79,8 @@ pub struct WsContext {
     pub ping_interval: Duration,
     /// For replays (clients resuming with `since`); never used for LISTEN.
     pub pool: deadpool_postgres::Pool,
+    /// The statistics engine, unless turned off.
+    pub stats: Option<Arc<Stats>>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -288,7 +291,7 @@ where
         let frames: Vec<Message> = batch
             .drain(..)
             .filter(|out| {
-                let Some(seqs) = replayed.get_mut(&out.negocio_id) else {
+                let Some(seqs) = replayed.get_mut(&out.negocio_id).filter(|_| out.is_event) else {
                     return true;
                 };
                 let duplicate = seqs.remove(&out.seq);
@@ -317,7 +320,11 @@ where
         };
         match message {
             ClientMessage::Ping => self.reply(protocol::pong()).await,
-            ClientMessage::Subscribe { channel, since } => {
+            ClientMessage::Subscribe {
+                channel,
+                since,
+                stats,
+            } => {
                 let negocio = match protocol::negocio_of(&channel) {
                     Ok(negocio) => negocio.to_string(),
                     Err(reason) => {
@@ -350,15 +357,24 @@ where
                     // Already subscribed: events are flowing; nothing to replay or change.
                     return self.reply(protocol::subscribed(&channel)).await;
                 }
-                let position = self.ctx.hub.subscribe(&negocio, &self.me);
+                let engine = self.ctx.stats.clone().filter(|_| stats != Some(false));
+                let position = self.ctx.hub.subscribe(&negocio, &self.me, engine.is_some());
                 self.subscriptions.insert(negocio.clone());
                 if let Flow::Close(frame) = self.reply(protocol::subscribed(&channel)).await {
                     return Flow::Close(frame);
                 }
-                match since {
-                    Some(since) => self.replay(&channel, &negocio, since, &position).await,
-                    None => Flow::Continue,
+                if let Some(since) = since {
+                    if let Flow::Close(frame) =
+                        self.replay(&channel, &negocio, since, &position).await
+                    {
+                        return Flow::Close(frame);
+                    }
                 }
+                // The snapshot goes through the queue, so it follows whatever was replayed.
+                if let Some(engine) = engine {
+                    engine.first_snapshot(&negocio, self.me.id);
+                }
+                Flow::Continue
             }
             ClientMessage::Unsubscribe { channel } => {
                 let negocio = match protocol::negocio_of(&channel) {

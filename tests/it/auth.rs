@@ -144,7 +144,7 @@ async fn a_bearer_header_works_like_the_query_token() {
     let (socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .expect("accepted");
-    let mut ws = Ws { socket };
+    let mut ws = Ws::new(socket);
     ws.subscribe("h").await;
     db.execute("insert into citas (negocio_id) values ('h')")
         .await;

@@ -57,7 +57,7 @@ async fn the_demo_serves_prints_tokens_and_cleans_up() {
     let (socket, _) = tokio_tungstenite::connect_async(format!("{ws_url}?token={token}"))
         .await
         .expect("the printed token connects");
-    let mut ws = Ws { socket };
+    let mut ws = Ws::new(socket);
     ws.subscribe("negocio_123").await;
     let db = connect(&database).await;
     db.batch_execute("update citas set estado = 'completada' where id = (select id from citas where negocio_id = 'negocio_123' and estado <> 'completada' limit 1)")

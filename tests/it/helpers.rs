@@ -199,7 +199,7 @@ impl TestApp {
         let (socket, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
-        Ws { socket }
+        Ws::new(socket)
     }
 
     /// A client subscribed to each negocio the list names, with a token for exactly those.
@@ -227,17 +227,78 @@ impl Drop for TestApp {
     }
 }
 
+/// The real binary serving `citas-realtime serve` in its own process (for measuring its memory,
+/// and for what only a process shows). Killed when dropped.
+pub struct BinaryServer {
+    pub addr: std::net::SocketAddr,
+    child: std::process::Child,
+}
+
+impl BinaryServer {
+    pub async fn start(db_url: &str, envs: &[(&str, &str)]) -> BinaryServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_citas-realtime"));
+        cmd.arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("JWT_SECRET", SECRET)
+            .env("BIND_ADDR", addr.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("run the server binary");
+        let server = BinaryServer { addr, child };
+        TestApp { addr, server: None }.wait_health(200).await;
+        server
+    }
+
+    /// The server process's resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A token signed with the test secret, valid for an hour, with these claims.
 pub fn token(claims: Value) -> String {
     mint_token(&Secret::new(SECRET), claims, Duration::from_secs(3600)).expect("mint token")
 }
 
-/// A WebSocket client that speaks JSON.
+/// A WebSocket client that speaks JSON. Statistics snapshots (`estadisticas`) are set aside in
+/// `snapshots` unless `keep_stats` is set, so tests about events read events.
 pub struct Ws {
     pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub keep_stats: bool,
+    pub snapshots: Vec<Value>,
 }
 
 impl Ws {
+    pub fn new(socket: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Ws {
+        Ws {
+            socket,
+            keep_stats: false,
+            snapshots: Vec::new(),
+        }
+    }
+
     pub async fn send(&mut self, value: Value) {
         self.socket
             .send(Message::text(value.to_string()))
@@ -259,7 +320,12 @@ impl Ws {
                 .expect("socket error");
             match msg {
                 Message::Text(text) => {
-                    return serde_json::from_str(&text).expect("server sent JSON")
+                    let value: Value = serde_json::from_str(&text).expect("server sent JSON");
+                    if value["type"] == "estadisticas" && !self.keep_stats {
+                        self.snapshots.push(value);
+                        continue;
+                    }
+                    return value;
                 }
                 Message::Close(frame) => panic!("socket closed by the server: {frame:?}"),
                 _ => continue,
