@@ -139,10 +139,12 @@ async fn main() {
         .expect("join")
         .expect("a private PostgreSQL (install the postgresql package)");
     let admin = connect(&pg.url("postgres")).await;
-    admin
-        .batch_execute("create database bare; create database with_triggers")
-        .await
-        .expect("databases");
+    for db in ["bare", "with_triggers"] {
+        admin
+            .batch_execute(&format!("create database {db}"))
+            .await
+            .expect("create database");
+    }
     let bare = connect(&pg.url("bare")).await;
     bare.batch_execute(EXAMPLE_SCHEMA).await.expect("schema");
     let with_url = pg.url("with_triggers");
