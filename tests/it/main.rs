@@ -11,4 +11,5 @@ mod protocol;
 mod reliability;
 mod resilience;
 mod sql;
+mod stats;
 mod tls;
