@@ -213,7 +213,11 @@ begin
                    n.negocio_id::text  as new_neg,
                    o.estado::text      as old_estado,
                    n.estado::text      as new_estado,
-                   to_jsonb(o) is distinct from to_jsonb(n) as changed
+                   -- Whole-row comparison only when estado and negocio did not change
+                   -- (CASE evaluates lazily): to_jsonb of two rows is the costly part.
+                   case when o.estado::text is distinct from n.estado::text
+                          or o.negocio_id::text is distinct from n.negocio_id::text then true
+                        else to_jsonb(o) is distinct from to_jsonb(n) end as changed
             from citas_realtime_old o
             full join citas_realtime_new n on o.id = n.id
         ),
