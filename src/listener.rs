@@ -11,12 +11,16 @@
 //! `seq` is taken when a row is written, but rows become visible when their transaction commits,
 //! and transactions can commit out of `seq` order: a long transaction takes seq 10 and commits
 //! after seq 11 has been read. So the cursor alone would skip 10. Each read therefore also
-//! returns its snapshot's `xmin`/`xmax`, and every seq skipped below the cursor is remembered as
-//! a *gap*, tagged with the snapshot's `xmax`: whoever holds that seq already had a transaction
-//! id below `xmax` (it wrote its `citas` row first). Later reads ask for the gaps again; a gap is
-//! delivered when it shows up, and forgotten once a snapshot's `xmin` reaches its tag, because
-//! then its writer has ended without committing it (a rollback). No event is delivered twice:
-//! every seq is handed to the hub at most once per process.
+//! returns its snapshot's `xmin`, and every seq skipped below the cursor is remembered as a
+//! *gap*. Whoever holds that seq already had a transaction id when the read ran (it wrote its
+//! `citas` row before taking the seq, and a later seq was already committed). Right after a read
+//! that found new gaps, the listener asks for `pg_current_xact_id()` in a transaction of its
+//! own: that id is above every id assigned before, the gap's writer's included, and becomes the
+//! gap's *tag*. (The snapshot's `xmax` is not such a bound: it is one past the latest
+//! *completed* id, and a running writer's id can be above it.) Later reads ask for the gaps
+//! again; a gap is delivered when it shows up, and forgotten once a snapshot's `xmin` passes its
+//! tag, because then its writer has ended without committing it (a rollback). No event is
+//! delivered twice: every seq is handed to the hub at most once per process.
 //!
 //! # Failure handling
 //!
@@ -52,6 +56,8 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// At first start, seqs this far below the newest are checked for writers still in flight.
 const PRIME_WINDOW: i64 = 1000;
+/// The tag of a gap whose bound is not known yet: never given up.
+const UNTAGGED: i64 = i64::MAX;
 /// Gap ranges remembered at most; past this the oldest are given up (and logged).
 const MAX_GAP_RANGES: usize = 10_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -240,6 +246,13 @@ impl Listener {
             .await
             .map_err(|_| SessionError::Timeout(QUERY_TIMEOUT))??;
             let (events, new_rows) = log.absorb(&rows, only_last_secs)?;
+            if log.has_untagged() {
+                // Its own transaction (autocommit): an id above every id assigned so far.
+                let row = client
+                    .query_one("select pg_current_xact_id()::text::bigint", &[])
+                    .await?;
+                log.tag_untagged(row.try_get(0)?);
+            }
             self.status
                 .last_seq
                 .store(log.cursor.unwrap_or(0), Ordering::Relaxed);
@@ -264,7 +277,6 @@ fn read_sql() -> String {
         r#"
 with snap as (select pg_current_snapshot() as s)
 select pg_snapshot_xmin(snap.s)::text::bigint as xmin,
-       pg_snapshot_xmax(snap.s)::text::bigint as xmax,
        extract(epoch from clock_timestamp() - e.created_at)::float8 as age_secs,
        {EVENT_COLUMNS}
 from snap
@@ -285,7 +297,7 @@ order by e.seq
 }
 
 /// Where the listener is in the log: the highest seq read, and the seqs below it that may
-/// still commit (ranges `lo..=hi`, keyed by `lo`, each with the `xmax` that bounds its writer).
+/// still commit (ranges `lo..=hi`, keyed by `lo`, each with a transaction id above its writer's).
 #[derive(Debug, Default)]
 struct LogCursor {
     cursor: Option<i64>,
@@ -293,6 +305,18 @@ struct LogCursor {
 }
 
 impl LogCursor {
+    fn has_untagged(&self) -> bool {
+        self.gaps.values().any(|(_, tag)| *tag == UNTAGGED)
+    }
+
+    fn tag_untagged(&mut self, tag: i64) {
+        for (_, t) in self.gaps.values_mut() {
+            if *t == UNTAGGED {
+                *t = tag;
+            }
+        }
+    }
+
     fn position(&self) -> LogPosition {
         LogPosition {
             cursor: self.cursor.unwrap_or(0),
@@ -315,7 +339,6 @@ impl LogCursor {
             return Ok((Vec::new(), 0));
         };
         let xmin: i64 = first.try_get("xmin")?;
-        let xmax: i64 = first.try_get("xmax")?;
         let mut cursor = self.cursor.unwrap_or(0);
         let mut events = Vec::with_capacity(rows.len());
         let mut new_rows = 0;
@@ -329,7 +352,8 @@ impl LogCursor {
                 }
             } else {
                 if seq > cursor + 1 {
-                    self.gaps.insert(cursor + 1, (seq - 1, xmax));
+                    // Tagged once the listener knows an id above its writer's (UNTAGGED).
+                    self.gaps.insert(cursor + 1, (seq - 1, UNTAGGED));
                 }
                 cursor = seq;
                 new_rows += 1;

@@ -63,7 +63,7 @@ const REPLAY_PAGE: i64 = 1000;
 /// buffer cap so a client that stops reading errors out instead of growing memory.
 pub fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(MAX_MESSAGE_SIZE))
@@ -185,7 +185,8 @@ where
         subscriptions: HashSet::new(),
         replayed: HashMap::new(),
     };
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Grows on the first burst; idle connections keep no capacity.
+    let mut batch = Vec::new();
     let mut ping = tokio::time::interval(conn.ctx.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset(); // the first tick would fire at once
