@@ -326,17 +326,9 @@ where
                 since,
                 stats,
             } => {
-                let negocio = match protocol::negocio_of(&channel) {
-                    Ok(negocio) => negocio.to_string(),
-                    Err(reason) => {
-                        return self
-                            .reply(protocol::error(
-                                ErrorCode::BadChannel,
-                                &reason,
-                                Some(&channel),
-                            ))
-                            .await
-                    }
+                let negocio = match negocio_or_error(&channel) {
+                    Ok(negocio) => negocio,
+                    Err(reply) => return self.reply(reply).await,
                 };
                 if !self.principal.grants.allows(&negocio) {
                     let reply = protocol::error(
@@ -378,17 +370,9 @@ where
                 Flow::Continue
             }
             ClientMessage::Unsubscribe { channel } => {
-                let negocio = match protocol::negocio_of(&channel) {
-                    Ok(negocio) => negocio.to_string(),
-                    Err(reason) => {
-                        return self
-                            .reply(protocol::error(
-                                ErrorCode::BadChannel,
-                                &reason,
-                                Some(&channel),
-                            ))
-                            .await
-                    }
+                let negocio = match negocio_or_error(&channel) {
+                    Ok(negocio) => negocio,
+                    Err(reply) => return self.reply(reply).await,
                 };
                 if self.subscriptions.remove(&negocio) {
                     self.ctx.hub.unsubscribe(&negocio, self.me.id);
@@ -506,6 +490,13 @@ async fn read_page(
         last_seq: rows.last().and_then(|r| r.try_get("seq").ok()),
         events,
     }))
+}
+
+/// The negocio of `channel`, or the `bad_channel` reply.
+fn negocio_or_error(channel: &str) -> Result<String, Message> {
+    protocol::negocio_of(channel)
+        .map(str::to_string)
+        .map_err(|reason| protocol::error(ErrorCode::BadChannel, &reason, Some(channel)))
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {

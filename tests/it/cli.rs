@@ -3,20 +3,8 @@
 use std::process::Command;
 
 fn run(envs: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_citas-realtime"));
-    cmd.args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("JWT_SECRET")
-        .env_remove("BIND_ADDR")
-        .current_dir(std::env::temp_dir());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run the binary");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let (code, _, stderr) = run_with(envs, args);
+    (code, stderr)
 }
 
 #[test]
@@ -72,6 +60,7 @@ fn run_with(envs: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, Strin
     cmd.args(args)
         .env_remove("DATABASE_URL")
         .env_remove("JWT_SECRET")
+        .env_remove("BIND_ADDR")
         .current_dir(std::env::temp_dir());
     for (k, v) in envs {
         cmd.env(k, v);

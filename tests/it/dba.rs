@@ -259,12 +259,7 @@ async fn upgrading_from_version_1_under_writes_loses_nothing() {
         .batch_execute(INSTALL_V1)
         .await
         .expect("v1 installs");
-    let version: i32 = db
-        .client
-        .query_one("select citas_realtime.version()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let version: i32 = db.scalar("select citas_realtime.version()").await;
     assert_eq!(version, 1);
     let app = spawn_app(&db.url).await;
     let mut ws = app.subscriber(&["up"]).await;
@@ -291,11 +286,6 @@ async fn upgrading_from_version_1_under_writes_loses_nothing() {
     let logged: Vec<i64> = db.logged("up").await.iter().map(|(s, _)| *s).collect();
     assert_eq!(got, logged);
     assert_eq!(logged.len(), 201);
-    let version: i32 = db
-        .client
-        .query_one("select citas_realtime.version()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let version: i32 = db.scalar("select citas_realtime.version()").await;
     assert_eq!(version, 2);
 }

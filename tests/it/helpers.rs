@@ -91,6 +91,30 @@ impl TestDb {
         }
     }
 
+    /// A database with our SQL on a cluster of the test's own (tests that restart PostgreSQL
+    /// or need cluster-wide roles).
+    pub async fn installed_on(pg: &TempPostgres) -> TestDb {
+        let db = TestDb::on(pg.url("postgres")).await;
+        db.client
+            .batch_execute(sql::EXAMPLE_SCHEMA)
+            .await
+            .expect("example schema");
+        db.client
+            .batch_execute(sql::INSTALL)
+            .await
+            .expect("install.sql");
+        db
+    }
+
+    /// The single value `sql` selects.
+    pub async fn scalar<T: for<'a> tokio_postgres::types::FromSql<'a>>(&self, sql: &str) -> T {
+        self.client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
     pub async fn execute(&self, sql: &str) -> u64 {
         self.client
             .execute(sql, &[])

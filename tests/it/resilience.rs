@@ -143,15 +143,7 @@ async fn a_postgres_restart_is_survived() {
         .await
         .unwrap()
         .expect("own cluster");
-    let db = TestDb::on(pg.url("postgres")).await;
-    db.client
-        .batch_execute(citas_realtime::sql::EXAMPLE_SCHEMA)
-        .await
-        .unwrap();
-    db.client
-        .batch_execute(citas_realtime::sql::INSTALL)
-        .await
-        .unwrap();
+    let db = TestDb::installed_on(&pg).await;
     let app = spawn_app(&db.url).await;
     let mut ws = app.subscriber(&["r"]).await;
     db.execute("insert into citas (negocio_id) values ('r')")

@@ -24,24 +24,12 @@ async fn install_is_idempotent_and_uninstall_keeps_the_rows() {
         .await
         .expect("uninstall twice");
     let schema: i64 = db
-        .client
-        .query_one(
-            "select count(*) from pg_namespace where nspname = 'citas_realtime'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+        .scalar("select count(*) from pg_namespace where nspname = 'citas_realtime'")
+        .await;
     assert_eq!(schema, 0);
     let triggers: i64 = db
-        .client
-        .query_one(
-            "select count(*) from pg_trigger where tgname like 'citas_realtime%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+        .scalar("select count(*) from pg_trigger where tgname like 'citas_realtime%'")
+        .await;
     assert_eq!(triggers, 0);
     assert_eq!(
         db.execute("select * from citas").await,
@@ -76,14 +64,8 @@ async fn install_without_citas_fails_clearly() {
     // install.sql runs in its own transaction block: a client must roll it back after a failure.
     db.execute("rollback").await;
     let schema: i64 = db
-        .client
-        .query_one(
-            "select count(*) from pg_namespace where nspname = 'citas_realtime'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+        .scalar("select count(*) from pg_namespace where nspname = 'citas_realtime'")
+        .await;
     assert_eq!(schema, 0, "a failed install leaves nothing behind");
 }
 
@@ -200,11 +182,8 @@ async fn any_id_types_work_and_events_carry_text() {
         ["created", "updated"]
     );
     let cita: String = db
-        .client
-        .query_one("select cita_id from citas_realtime.events limit 1", &[])
-        .await
-        .unwrap()
-        .get(0);
+        .scalar("select cita_id from citas_realtime.events limit 1")
+        .await;
     assert_eq!(cita, "1");
 }
 
@@ -221,11 +200,8 @@ async fn a_large_statement_sends_one_small_notification() {
         .await;
     assert_eq!(n, 5000);
     let count: i64 = db
-        .client
-        .query_one("select count(*) from citas_realtime.events", &[])
-        .await
-        .unwrap()
-        .get(0);
+        .scalar("select count(*) from citas_realtime.events")
+        .await;
     assert_eq!(count, 5000);
     // The example schema is also valid input for a second run.
     db.client.batch_execute(EXAMPLE_SCHEMA).await.unwrap();
@@ -234,11 +210,6 @@ async fn a_large_statement_sends_one_small_notification() {
 #[tokio::test]
 async fn the_installed_version_is_the_one_the_binary_ships() {
     let db = TestDb::new().await;
-    let version: i32 = db
-        .client
-        .query_one("select citas_realtime.version()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let version: i32 = db.scalar("select citas_realtime.version()").await;
     assert_eq!(version, citas_realtime::sql::SQL_VERSION);
 }

@@ -56,15 +56,7 @@ async fn tls_modes_against_a_tls_postgres() {
         .unwrap()
         .expect("own cluster");
     pg.enable_tls(&cert, &key).expect("TLS on");
-    let db = TestDb::on(pg.url("postgres")).await;
-    db.client
-        .batch_execute(citas_realtime::sql::EXAMPLE_SCHEMA)
-        .await
-        .unwrap();
-    db.client
-        .batch_execute(citas_realtime::sql::INSTALL)
-        .await
-        .unwrap();
+    let db = TestDb::installed_on(&pg).await;
     let ca = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca.path(), &cert).unwrap();
     let base = format!("postgres://postgres@localhost:{}/{}", pg.port(), db.name);
