@@ -69,6 +69,7 @@ pub struct Hub {
     connections: AtomicUsize,
     delivered: AtomicU64,
     kicked: AtomicU64,
+    replayed: AtomicU64,
 }
 
 /// Counters for `/health` and later for metrics.
@@ -79,6 +80,7 @@ pub struct HubStats {
     pub subscriptions: usize,
     pub delivered: u64,
     pub slow_clients_kicked: u64,
+    pub replayed: u64,
 }
 
 impl Hub {
@@ -106,6 +108,11 @@ impl Hub {
     /// Counts an open WebSocket; pair with [`Hub::connection_closed`].
     pub fn connection_opened(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts events sent by replays (clients resuming with `since`).
+    pub fn replayed(&self, n: usize) {
+        self.replayed.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub fn connection_closed(&self) {
@@ -249,6 +256,7 @@ impl Hub {
             subscriptions: channels.values().map(Vec::len).sum(),
             delivered: self.delivered.load(Ordering::Relaxed),
             slow_clients_kicked: self.kicked.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
         }
     }
 }

@@ -30,6 +30,7 @@
 //! * [`protocol`]: the JSON messages clients send and receive.
 //! * [`ws`]: the WebSocket upgrade (after the token is verified), the per-connection task, and
 //!   resuming with `since`.
+//! * [`metrics`]: `GET /metrics` (Prometheus text), mirrored from the counters above.
 //! * [`server`]: HTTP routes, binding, startup and graceful shutdown of every task.
 //! * [`pgtemp`]: a private, throw-away PostgreSQL cluster for the demo and the tests.
 //! * [`demo`]: `citas-realtime demo`.
@@ -47,6 +48,7 @@ pub mod demo;
 pub mod event;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
 pub mod pgtemp;
 pub mod protocol;
 pub mod retention;

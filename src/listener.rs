@@ -64,14 +64,43 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Shared, lock-free view of the listener for `/health`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ListenerStatus {
     connected: AtomicBool,
     last_seq: AtomicI64,
     reconnects: AtomicU64,
+    events_read: AtomicU64,
+    /// Seconds from an event's write to the listener handing it to the hub.
+    pub lag: prometheus::Histogram,
+}
+
+impl Default for ListenerStatus {
+    fn default() -> Self {
+        let opts = prometheus::HistogramOpts::new(
+            "citas_realtime_event_lag_seconds",
+            "Time from a change being written to its event being handed to subscribers' queues",
+        )
+        .buckets(vec![
+            0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        ListenerStatus {
+            connected: AtomicBool::new(false),
+            last_seq: AtomicI64::new(0),
+            reconnects: AtomicU64::new(0),
+            events_read: AtomicU64::new(0),
+            // Fixed, valid options: creation cannot fail.
+            lag: prometheus::Histogram::with_opts(opts)
+                .unwrap_or_else(|_| unreachable!("valid histogram options")),
+        }
+    }
 }
 
 impl ListenerStatus {
+    /// Events read from the log and handed to the hub.
+    pub fn events_read(&self) -> u64 {
+        self.events_read.load(Ordering::Relaxed)
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }
@@ -245,7 +274,7 @@ impl Listener {
             )
             .await
             .map_err(|_| SessionError::Timeout(QUERY_TIMEOUT))??;
-            let (events, new_rows) = log.absorb(&rows, only_last_secs)?;
+            let (events, new_rows, ages) = log.absorb(&rows, only_last_secs)?;
             if log.has_untagged() {
                 // Its own transaction (autocommit): an id above every id assigned so far.
                 let row = client
@@ -258,6 +287,12 @@ impl Listener {
                 .store(log.cursor.unwrap_or(0), Ordering::Relaxed);
             // Always, even with no events: the hub records how far the listener has got, which
             // is what resuming clients de-duplicate against.
+            for age in &ages {
+                self.status.lag.observe(*age);
+            }
+            self.status
+                .events_read
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
             let touched = self.hub.publish(&events, log.position());
             if let Some(stats) = &self.stats {
                 stats.mark_dirty(touched);
@@ -334,10 +369,11 @@ impl LogCursor {
         &mut self,
         rows: &[Row],
         only_last_secs: Option<f64>,
-    ) -> Result<(Vec<Event>, usize), tokio_postgres::Error> {
+    ) -> Result<(Vec<Event>, usize, Vec<f64>), tokio_postgres::Error> {
         let Some(first) = rows.first() else {
-            return Ok((Vec::new(), 0));
+            return Ok((Vec::new(), 0, Vec::new()));
         };
+        let mut ages = Vec::new();
         let xmin: i64 = first.try_get("xmin")?;
         let mut cursor = self.cursor.unwrap_or(0);
         let mut events = Vec::with_capacity(rows.len());
@@ -358,14 +394,15 @@ impl LogCursor {
                 cursor = seq;
                 new_rows += 1;
             }
+            let age: Option<f64> = row.try_get("age_secs")?;
             if let Some(max_age) = only_last_secs {
-                let age: Option<f64> = row.try_get("age_secs")?;
                 if age.is_none_or(|age| age > max_age) {
                     continue;
                 }
             }
             if let Some(event) = Event::from_row(row)? {
                 events.push(event);
+                ages.extend(age);
             }
         }
         self.cursor = Some(cursor);
@@ -377,7 +414,7 @@ impl LogCursor {
                 tracing::warn!(lo, hi, "giving up on an old gap in the event log");
             }
         }
-        Ok((events, new_rows))
+        Ok((events, new_rows, ages))
     }
 
     /// Removes `seq` from the gaps; false when it was not in one.

@@ -1,7 +1,7 @@
 //! HTTP routes, binding, startup and graceful shutdown of every task.
 //!
-//! Routes: `GET /ws` (token verified *before* any upgrade), `GET /health`; anything else is a
-//! JSON 404/405. [`start`] returns a [`RunningServer`] with the address actually bound, which is
+//! Routes: `GET /ws` (token verified *before* any upgrade), `GET /health`, `GET /metrics`;
+//! anything else is a JSON 404/405. [`start`] returns a [`RunningServer`] with the address actually bound, which is
 //! what the tests and the demo use; `main` runs one until SIGTERM or Ctrl-C.
 
 use std::collections::HashMap;
@@ -90,7 +90,11 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         shutdown.clone(),
     );
     let listener = tokio::spawn(listener.run());
-    let routes = routes(ctx, verifier, status.clone());
+    let metrics = Arc::new(
+        crate::metrics::Metrics::new(hub.clone(), status.clone(), stats.clone())
+            .context("cannot set up metrics")?,
+    );
+    let routes = routes(ctx, verifier, status.clone(), metrics);
     let http = tokio::spawn(
         warp::serve(routes)
             .incoming(tcp)
@@ -159,6 +163,7 @@ fn routes(
     ctx: WsContext,
     verifier: Arc<Verifier>,
     status: Arc<ListenerStatus>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let hub = ctx.hub.clone();
     let stats = ctx.stats.clone();
@@ -196,7 +201,20 @@ fn routes(
         };
         json_response(code, &body)
     });
-    ws.or(health).unify().recover(rejection).unify()
+    let metrics = warp::path!("metrics").and(warp::get()).map(move || {
+        let mut response = Response::new(metrics.render().into());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        response
+    });
+    ws.or(health)
+        .unify()
+        .or(metrics)
+        .unify()
+        .recover(rejection)
+        .unify()
 }
 
 /// `GET /ws`: token first, then the WebSocket handshake.

@@ -419,6 +419,7 @@ where
                 }
                 frames.push(event.frame_for(negocio));
             }
+            self.ctx.hub.replayed(frames.len());
             if let Flow::Close(frame) = Flow::from(self.write(frames.into_iter()).await) {
                 return Flow::Close(frame);
             }

@@ -75,3 +75,35 @@ async fn other_paths_answer_json_errors() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 426);
 }
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut ws = app.subscriber(&["m"]).await;
+    db.execute("insert into citas (negocio_id) values ('m'), ('m')")
+        .await;
+    ws.events(2).await;
+    let resp = reqwest::get(app.url("/metrics")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/plain")));
+    let text = resp.text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert_eq!(value("citas_realtime_connections"), 1.0);
+    assert_eq!(value("citas_realtime_subscriptions"), 1.0);
+    assert_eq!(value("citas_realtime_listener_up"), 1.0);
+    assert!(value("citas_realtime_events_received_total") >= 2.0);
+    assert!(value("citas_realtime_events_delivered_total") >= 2.0);
+    assert!(value("citas_realtime_event_lag_seconds_count") >= 2.0);
+    assert_eq!(value("citas_realtime_slow_client_drops_total"), 0.0);
+    assert!(text.contains("# TYPE citas_realtime_events_delivered_total counter"));
+}

@@ -1,0 +1,116 @@
+//! `GET /metrics` in Prometheus text format.
+//!
+//! The counts live where they happen (the hub's and the listener's atomics, the statistics
+//! engine); this module mirrors them into a registry at scrape time, so the hot paths carry no
+//! metrics library. Counters only ever move forward: each scrape adds what the source gained
+//! since the last one, under a lock so concurrent scrapes cannot add twice.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+
+use crate::hub::Hub;
+use crate::listener::ListenerStatus;
+use crate::stats::Stats;
+
+pub struct Metrics {
+    registry: Registry,
+    hub: Arc<Hub>,
+    status: Arc<ListenerStatus>,
+    stats: Option<Arc<Stats>>,
+    connections: IntGauge,
+    subscriptions: IntGauge,
+    listener_up: IntGauge,
+    events_read: IntCounter,
+    delivered: IntCounter,
+    slow_drops: IntCounter,
+    reconnects: IntCounter,
+    replayed: IntCounter,
+    stats_queries: IntCounter,
+    sync: Mutex<()>,
+}
+
+impl Metrics {
+    pub fn new(
+        hub: Arc<Hub>,
+        status: Arc<ListenerStatus>,
+        stats: Option<Arc<Stats>>,
+    ) -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let m = Metrics {
+            connections: gauge("citas_realtime_connections", "Open WebSocket connections")?,
+            subscriptions: gauge("citas_realtime_subscriptions", "Channel subscriptions")?,
+            listener_up: gauge(
+                "citas_realtime_listener_up",
+                "1 while the listener is connected to PostgreSQL",
+            )?,
+            events_read: counter(
+                "citas_realtime_events_received_total",
+                "Events read from the log",
+            )?,
+            delivered: counter(
+                "citas_realtime_events_delivered_total",
+                "Event frames queued to subscribers (one per subscriber per event)",
+            )?,
+            slow_drops: counter(
+                "citas_realtime_slow_client_drops_total",
+                "Clients disconnected with 1013 because their queue overflowed",
+            )?,
+            reconnects: counter(
+                "citas_realtime_listener_reconnects_total",
+                "Times the listener lost its database connection",
+            )?,
+            replayed: counter(
+                "citas_realtime_replayed_events_total",
+                "Events sent to clients resuming with since",
+            )?,
+            stats_queries: counter(
+                "citas_realtime_stats_queries_total",
+                "Statistics queries run",
+            )?,
+            sync: Mutex::new(()),
+            hub,
+            status,
+            stats,
+            registry,
+        };
+        m.registry.register(Box::new(m.status.lag.clone()))?;
+        Ok(m)
+    }
+
+    /// The text exposition of every metric, up to date.
+    pub fn render(&self) -> String {
+        let _guard = self.sync.lock().unwrap_or_else(PoisonError::into_inner);
+        let hub = self.hub.stats();
+        self.connections.set(hub.connections as i64);
+        self.subscriptions.set(hub.subscriptions as i64);
+        self.listener_up.set(i64::from(self.status.is_connected()));
+        let forward = |c: &IntCounter, now: u64| c.inc_by(now.saturating_sub(c.get()));
+        forward(&self.events_read, self.status.events_read());
+        forward(&self.delivered, hub.delivered);
+        forward(&self.slow_drops, hub.slow_clients_kicked);
+        forward(&self.reconnects, self.status.reconnects());
+        forward(&self.replayed, hub.replayed);
+        if let Some(stats) = &self.stats {
+            forward(&self.stats_queries, stats.queries());
+        }
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
