@@ -1,9 +1,10 @@
 //! `GET /metrics` in Prometheus text format.
 //!
 //! The counts live where they happen (the hub's and the listener's atomics, the statistics
-//! engine); this module mirrors them into a registry at scrape time, so the hot paths carry no
-//! metrics library. Counters only ever move forward: each scrape adds what the source gained
-//! since the last one, under a lock so concurrent scrapes cannot add twice.
+//! engine); this module mirrors them into a registry at scrape time, so the fan-out path only
+//! bumps plain atomics (the listener also observes the lag histogram, once per event).
+//! Counters only ever move forward: each scrape adds what the source gained since the last one,
+//! under a lock so concurrent scrapes cannot add twice.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
