@@ -56,16 +56,20 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let db = TestDb::empty().await;
-        db.client
+        TestDb::empty().await.installed().await
+    }
+
+    /// This database with the example schema and our SQL applied.
+    async fn installed(self) -> TestDb {
+        self.client
             .batch_execute(sql::EXAMPLE_SCHEMA)
             .await
             .expect("example schema");
-        db.client
+        self.client
             .batch_execute(sql::INSTALL)
             .await
             .expect("install.sql");
-        db
+        self
     }
 
     /// A database with nothing in it.
@@ -94,16 +98,7 @@ impl TestDb {
     /// A database with our SQL on a cluster of the test's own (tests that restart PostgreSQL
     /// or need cluster-wide roles).
     pub async fn installed_on(pg: &TempPostgres) -> TestDb {
-        let db = TestDb::on(pg.url("postgres")).await;
-        db.client
-            .batch_execute(sql::EXAMPLE_SCHEMA)
-            .await
-            .expect("example schema");
-        db.client
-            .batch_execute(sql::INSTALL)
-            .await
-            .expect("install.sql");
-        db
+        TestDb::on(pg.url("postgres")).await.installed().await
     }
 
     /// The single value `sql` selects.
