@@ -162,6 +162,23 @@ pub struct ServeArgs {
     /// Statistics queries at a time [default: 2].
     #[arg(long, env = "STATS_CONCURRENCY")]
     pub stats_concurrency: Option<String>,
+
+    /// Browser origins allowed to open a WebSocket, comma-separated (e.g.
+    /// https://app.example.com); empty allows any. Clients that send no Origin are not affected.
+    #[arg(long, env = "ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+
+    /// Channels one connection may subscribe to [default: 100].
+    #[arg(long, env = "MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<String>,
+
+    /// Open WebSocket connections in total [default: 50000].
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+
+    /// Open WebSocket connections per token subject (`sub`) [default: 200].
+    #[arg(long, env = "MAX_CONNECTIONS_PER_SUBJECT")]
+    pub max_connections_per_subject: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -63,6 +63,17 @@ pub struct Config {
     pub db_pool_size: usize,
     /// `None`: statistics are off (`STATS=off`).
     pub stats: Option<StatsSettings>,
+    pub limits: Limits,
+}
+
+/// What one client, one subject and the whole server may hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Empty: any origin.
+    pub allowed_origins: Vec<String>,
+    pub max_subscriptions: usize,
+    pub max_connections: usize,
+    pub max_connections_per_subject: usize,
 }
 
 impl Config {
@@ -127,6 +138,34 @@ impl Config {
                 })
             }
         };
+        let limits = Limits {
+            allowed_origins: non_empty(&args.allowed_origins)
+                .map(|list| {
+                    list.split(',')
+                        .map(|o| o.trim().trim_end_matches('/').to_string())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            max_subscriptions: number(
+                &args.max_subscriptions,
+                "MAX_SUBSCRIPTIONS",
+                1..=100_000,
+                100,
+            )?,
+            max_connections: number(
+                &args.max_connections,
+                "MAX_CONNECTIONS",
+                1..=10_000_000,
+                50_000,
+            )?,
+            max_connections_per_subject: number(
+                &args.max_connections_per_subject,
+                "MAX_CONNECTIONS_PER_SUBJECT",
+                1..=10_000_000,
+                200,
+            )?,
+        };
         Ok(Config {
             database,
             jwt_secret: Secret::new(secret),
@@ -136,6 +175,7 @@ impl Config {
             ws_ping_interval,
             db_pool_size,
             stats,
+            limits,
         })
     }
 }

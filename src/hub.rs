@@ -70,6 +70,41 @@ pub struct Hub {
     delivered: AtomicU64,
     kicked: AtomicU64,
     replayed: AtomicU64,
+    /// Open connections per token subject.
+    per_subject: Mutex<HashMap<String, usize>>,
+}
+
+/// Why a connection was refused before its upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    ServerFull,
+    SubjectFull,
+}
+
+/// A reserved connection slot; released when dropped.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    hub: Arc<Hub>,
+    subject: Option<String>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.hub.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(subject) = &self.subject {
+            let mut per = self
+                .hub
+                .per_subject
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = per.get_mut(subject) {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(subject);
+                }
+            }
+        }
+    }
 }
 
 /// Counters for `/health` and later for metrics.
@@ -105,18 +140,38 @@ impl Hub {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Counts an open WebSocket; pair with [`Hub::connection_closed`].
-    pub fn connection_opened(&self) {
+    /// Reserves a connection slot for `subject`, within the limits; the slot is freed when the
+    /// permit is dropped (the connection ends, or its upgrade fails).
+    pub fn admit(
+        self: &Arc<Self>,
+        subject: Option<&str>,
+        max_total: usize,
+        max_per_subject: usize,
+    ) -> Result<ConnectionPermit, Refused> {
+        let mut per = self
+            .per_subject
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.connections.load(Ordering::Relaxed) >= max_total {
+            return Err(Refused::ServerFull);
+        }
+        if let Some(subject) = subject {
+            let n = per.entry(subject.to_string()).or_default();
+            if *n >= max_per_subject {
+                return Err(Refused::SubjectFull);
+            }
+            *n += 1;
+        }
         self.connections.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnectionPermit {
+            hub: self.clone(),
+            subject: subject.map(str::to_string),
+        })
     }
 
     /// Counts events sent by replays (clients resuming with `since`).
     pub fn replayed(&self, n: usize) {
         self.replayed.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    pub fn connection_closed(&self) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Adds `sub` to the subscribers of `negocio_id` (subscribing twice is harmless) and returns

@@ -30,6 +30,10 @@ pub enum ClientMessage {
         channel: String,
     },
     Ping,
+    /// A fresh token for this connection, before the current one expires.
+    Auth {
+        token: String,
+    },
 }
 
 /// Error codes clients branch on.
@@ -39,6 +43,8 @@ pub enum ErrorCode {
     BadChannel,
     Forbidden,
     StatsUnavailable,
+    Unauthorized,
+    TooManySubscriptions,
 }
 
 impl ErrorCode {
@@ -48,6 +54,8 @@ impl ErrorCode {
             ErrorCode::BadChannel => "bad_channel",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::StatsUnavailable => "stats_unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
         }
     }
 }
@@ -93,6 +101,10 @@ pub fn unsubscribed(channel: &str) -> Message {
 /// The client must reload its data for `channel`: events it asked for are no longer available.
 pub fn resync(channel: &str) -> Message {
     frame(json!({"type": "resync", "channel": channel}))
+}
+
+pub fn authenticated() -> Message {
+    frame(json!({"type": "authenticated"}))
 }
 
 pub fn pong() -> Message {

@@ -22,8 +22,9 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::auth::{AuthError, Verifier};
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::hub::Hub;
+use crate::hub::Refused;
 use crate::listener::{Listener, ListenerStatus};
 use crate::ws::{self, WsContext};
 
@@ -74,6 +75,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         .clone()
         .map(|engine| tokio::spawn(engine.run(shutdown.clone())));
     let ctx = WsContext {
+        verifier: verifier.clone(),
+        max_subscriptions: config.limits.max_subscriptions,
         stats: stats.clone(),
         hub: hub.clone(),
         queue_capacity: config.client_queue_capacity,
@@ -94,7 +97,13 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         crate::metrics::Metrics::new(hub.clone(), status.clone(), stats.clone())
             .context("cannot set up metrics")?,
     );
-    let routes = routes(ctx, verifier, status.clone(), metrics);
+    let routes = routes(
+        ctx,
+        verifier,
+        status.clone(),
+        metrics,
+        Arc::new(config.limits.clone()),
+    );
     let http = tokio::spawn(
         warp::serve(routes)
             .incoming(tcp)
@@ -164,6 +173,7 @@ fn routes(
     verifier: Arc<Verifier>,
     status: Arc<ListenerStatus>,
     metrics: Arc<crate::metrics::Metrics>,
+    limits: Arc<Limits>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let hub = ctx.hub.clone();
     let stats = ctx.stats.clone();
@@ -178,7 +188,7 @@ fn routes(
         .and(warp::ext::optional::<OnUpgrade>())
         .map(
             move |query: HashMap<String, String>, headers: HeaderMap, on_upgrade| {
-                upgrade(&ctx, &verifier, &query, &headers, on_upgrade)
+                upgrade(&ctx, &limits, &verifier, &query, &headers, on_upgrade)
             },
         );
     let health = warp::path!("health").and(warp::get()).map(move || {
@@ -220,6 +230,7 @@ fn routes(
 /// `GET /ws`: token first, then the WebSocket handshake.
 fn upgrade(
     ctx: &WsContext,
+    limits: &Limits,
     verifier: &Verifier,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
@@ -241,6 +252,13 @@ fn upgrade(
     };
     if ctx.shutdown.is_cancelled() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let origin = origin.trim_end_matches('/');
+        if !limits.allowed_origins.is_empty() && !limits.allowed_origins.iter().any(|o| o == origin)
+        {
+            return error_response(StatusCode::FORBIDDEN, "origin not allowed");
+        }
     }
     let has = |name: header::HeaderName, value: &str| {
         headers
@@ -269,8 +287,24 @@ fn upgrade(
     let (Some(key), Some(on_upgrade)) = (headers.get(header::SEC_WEBSOCKET_KEY), on_upgrade) else {
         return error_response(StatusCode::BAD_REQUEST, "not a valid WebSocket handshake");
     };
+    let permit = match ctx.hub.admit(
+        principal.subject.as_deref(),
+        limits.max_connections,
+        limits.max_connections_per_subject,
+    ) {
+        Ok(permit) => permit,
+        Err(Refused::ServerFull) => {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "too many connections")
+        }
+        Err(Refused::SubjectFull) => {
+            return error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections for this token's subject",
+            )
+        }
+    };
     let accept = derive_accept_key(key.as_bytes());
-    ws::spawn_connection(ctx.clone(), on_upgrade, principal);
+    ws::spawn_connection(ctx.clone(), on_upgrade, principal, permit);
 
     let mut response = Response::default();
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -40,10 +40,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Principal;
+use crate::auth::{now_secs, Principal, Verifier};
 use crate::db::with_causes;
 use crate::event::{Event, Outbound, EVENT_COLUMNS};
-use crate::hub::{Hub, LogPosition, Subscriber};
+use crate::hub::{ConnectionPermit, Hub, LogPosition, Subscriber};
 use crate::protocol::{self, ClientMessage, ErrorCode};
 use crate::stats::Stats;
 
@@ -81,14 +81,24 @@ pub struct WsContext {
     pub pool: deadpool_postgres::Pool,
     /// The statistics engine, unless turned off.
     pub stats: Option<Arc<Stats>>,
+    /// Verifies the fresh tokens of `auth` messages.
+    pub verifier: Arc<Verifier>,
+    pub max_subscriptions: usize,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
 
 /// Spawns the task that waits for the upgrade to complete and then serves the connection.
-pub fn spawn_connection(ctx: WsContext, on_upgrade: OnUpgrade, principal: Principal) {
+pub fn spawn_connection(
+    ctx: WsContext,
+    on_upgrade: OnUpgrade,
+    principal: Principal,
+    permit: ConnectionPermit,
+) {
     let tasks = ctx.tasks.clone();
     tasks.spawn(async move {
+        // Holds the connection's slot until the task ends, however it ends.
+        let _permit = permit;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
@@ -175,7 +185,6 @@ where
         queue,
         kicked: CancellationToken::new(),
     };
-    ctx.hub.connection_opened();
     tracing::debug!(conn = me.id, subject = ?principal.subject, "client connected");
     let mut conn = Connection {
         ctx,
@@ -191,6 +200,8 @@ where
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset(); // the first tick would fire at once
     let mut last_heard = Instant::now();
+    let expiry = tokio::time::sleep_until(expiry_instant(&conn.principal));
+    tokio::pin!(expiry);
 
     let close = loop {
         let flow = tokio::select! {
@@ -199,6 +210,9 @@ where
                 Flow::Close(Some(close_frame(CloseCode::Away, "server shutting down")))
             }
             _ = conn.me.kicked.cancelled() => too_slow(),
+            _ = &mut expiry => {
+                Flow::Close(Some(close_frame(CloseCode::Policy, "token expired")))
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > conn.ctx.ping_interval * 2 {
                     tracing::debug!(conn = conn.me.id, "client stopped answering pings");
@@ -210,7 +224,12 @@ where
             incoming = stream.next() => {
                 last_heard = Instant::now();
                 match incoming {
-                    Some(Ok(Message::Text(text))) => conn.handle(text.as_str()).await,
+                    Some(Ok(Message::Text(text))) => {
+                        let flow = conn.handle(text.as_str()).await;
+                        // An `auth` may have moved the deadline.
+                        expiry.as_mut().reset(expiry_instant(&conn.principal));
+                        flow
+                    }
                     Some(Ok(Message::Binary(_))) => {
                         let reply = protocol::error(
                             ErrorCode::BadRequest, "binary frames are not accepted: send JSON text", None);
@@ -245,7 +264,6 @@ where
         ..
     } = conn;
     ctx.hub.unsubscribe_all(&subscriptions, me.id);
-    ctx.hub.connection_closed();
     if let Some(frame) = close {
         tracing::debug!(conn = me.id, code = %frame.code, reason = %frame.reason, "closing client");
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -321,6 +339,7 @@ where
         };
         match message {
             ClientMessage::Ping => self.reply(protocol::pong()).await,
+            ClientMessage::Auth { token } => self.reauthenticate(&token).await,
             ClientMessage::Subscribe {
                 channel,
                 since,
@@ -349,6 +368,17 @@ where
                 if self.subscriptions.contains(&negocio) {
                     // Already subscribed: events are flowing; nothing to replay or change.
                     return self.reply(protocol::subscribed(&channel)).await;
+                }
+                if self.subscriptions.len() >= self.ctx.max_subscriptions {
+                    let reply = protocol::error(
+                        ErrorCode::TooManySubscriptions,
+                        &format!(
+                            "at most {} channels per connection",
+                            self.ctx.max_subscriptions
+                        ),
+                        Some(&channel),
+                    );
+                    return self.reply(reply).await;
                 }
                 let engine = self.ctx.stats.clone().filter(|_| stats != Some(false));
                 let position = self.ctx.hub.subscribe(&negocio, &self.me, engine.is_some());
@@ -381,6 +411,37 @@ where
                 self.reply(protocol::unsubscribed(&channel)).await
             }
         }
+    }
+
+    /// `auth`: a fresh token replaces the current one if it verifies; subscriptions it no
+    /// longer grants end with `forbidden`.
+    async fn reauthenticate(&mut self, token: &str) -> Flow {
+        let principal = match self.ctx.verifier.verify(token) {
+            Ok(principal) => principal,
+            Err(error) => {
+                let reply = protocol::error(ErrorCode::Unauthorized, &error.to_string(), None);
+                return self.reply(reply).await;
+            }
+        };
+        self.principal = principal;
+        let lost: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|n| !self.principal.grants.allows(n))
+            .cloned()
+            .collect();
+        let mut replies = vec![protocol::authenticated()];
+        for negocio in lost {
+            self.subscriptions.remove(&negocio);
+            self.ctx.hub.unsubscribe(&negocio, self.me.id);
+            self.replayed.remove(&negocio);
+            replies.push(protocol::error(
+                ErrorCode::Forbidden,
+                "the new token does not grant this negocio: subscription ended",
+                Some(&format!("{}{negocio}", crate::event::CHANNEL_PREFIX)),
+            ));
+        }
+        self.write(replies.into_iter()).await.into()
     }
 
     async fn reply(&mut self, message: Message) -> Flow {
@@ -491,6 +552,12 @@ async fn read_page(
         last_seq: rows.last().and_then(|r| r.try_get("seq").ok()),
         events,
     }))
+}
+
+/// When the connection's token expires, as a timer deadline.
+fn expiry_instant(principal: &Principal) -> tokio::time::Instant {
+    let left = principal.expires_at.saturating_sub(now_secs());
+    tokio::time::Instant::now() + Duration::from_secs(left)
 }
 
 /// The negocio of `channel`, or the `bad_channel` reply.

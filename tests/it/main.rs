@@ -7,6 +7,7 @@ mod dba;
 mod delivery;
 mod demo;
 mod helpers;
+mod limits;
 mod protocol;
 mod reliability;
 mod resilience;
