@@ -19,8 +19,26 @@ use serde_json::Value;
 
 use crate::config::Secret;
 
-/// Seconds of clock skew tolerated on `exp` (and `nbf`).
+/// Seconds of clock skew tolerated on `exp` (and `nbf`) unless configured.
 pub const LEEWAY_SECS: u64 = 30;
+
+/// Optional claim checks (`JWT_AUDIENCE`, `JWT_ISSUER`, `JWT_LEEWAY`).
+#[derive(Debug, Clone)]
+pub struct TokenChecks {
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+    pub leeway_secs: u64,
+}
+
+impl Default for TokenChecks {
+    fn default() -> Self {
+        TokenChecks {
+            audience: None,
+            issuer: None,
+            leeway_secs: LEEWAY_SECS,
+        }
+    }
+}
 
 /// Why a token was refused. The text is what the client sees in the 401 body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +55,12 @@ pub enum AuthError {
     BadAlgorithm,
     #[error("token has no exp claim")]
     NoExpiry,
+    #[error("token audience not accepted")]
+    BadAudience,
+    #[error("token issuer not accepted")]
+    BadIssuer,
+    #[error("token lacks a required claim: {0}")]
+    MissingClaim(String),
     #[error("malformed token")]
     Malformed,
 }
@@ -84,12 +108,30 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// Fails only for an empty secret, which [`crate::config::Config`] already refuses.
     pub fn new(secret: &Secret) -> Result<Verifier, jsonwebtoken::errors::Error> {
+        Verifier::with_checks(secret, &TokenChecks::default())
+    }
+
+    /// With optional `aud`/`iss` checks and a leeway of its own.
+    pub fn with_checks(
+        secret: &Secret,
+        checks: &TokenChecks,
+    ) -> Result<Verifier, jsonwebtoken::errors::Error> {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp"]);
+        let mut required = vec!["exp"];
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = false;
-        validation.leeway = LEEWAY_SECS;
+        if let Some(audience) = &checks.audience {
+            validation.set_audience(&[audience]);
+            validation.validate_aud = true;
+            required.push("aud");
+        }
+        if let Some(issuer) = &checks.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        validation.leeway = checks.leeway_secs;
         Ok(Verifier {
             key: DecodingKey::from_secret(secret.expose().as_bytes())?,
             validation,
@@ -111,7 +153,10 @@ impl Verifier {
                 | ErrorKind::InvalidAlgorithmName
                 | ErrorKind::UnsupportedAlgorithm
                 | ErrorKind::MissingAlgorithm => AuthError::BadAlgorithm,
-                ErrorKind::MissingRequiredClaim(_) => AuthError::NoExpiry,
+                ErrorKind::MissingRequiredClaim(c) if c == "exp" => AuthError::NoExpiry,
+                ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+                ErrorKind::InvalidAudience => AuthError::BadAudience,
+                ErrorKind::InvalidIssuer => AuthError::BadIssuer,
                 _ => AuthError::Malformed,
             },
         )?;

@@ -125,6 +125,19 @@ pub struct ServeArgs {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// Require this `aud` claim (Supabase user tokens: `authenticated`) [default: not checked].
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Require this `iss` claim (Supabase: `https://<ref>.supabase.co/auth/v1`) [default: not
+    /// checked].
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Clock skew tolerated on exp and nbf, e.g. 30s [default: 30s].
+    #[arg(long, env = "JWT_LEEWAY")]
+    pub jwt_leeway: Option<String>,
+
     /// Address the HTTP/WebSocket server listens on [default: 0.0.0.0:8080].
     #[arg(long, env = "BIND_ADDR")]
     pub bind_addr: Option<String>,

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::auth::TokenChecks;
 use crate::cli::ServeArgs;
 use crate::db::DbConfig;
 use crate::stats::StatsSettings;
@@ -55,6 +56,7 @@ impl fmt::Debug for Secret {
 pub struct Config {
     pub database: DbConfig,
     pub jwt_secret: Secret,
+    pub token_checks: TokenChecks,
     pub bind_addr: SocketAddr,
     pub client_queue_capacity: usize,
     /// `None`: the server does not prune (a DBA schedules `citas_realtime.prune`).
@@ -166,9 +168,25 @@ impl Config {
                 200,
             )?,
         };
+        let token_checks = TokenChecks {
+            audience: non_empty(&args.jwt_audience).map(str::to_string),
+            issuer: non_empty(&args.jwt_issuer).map(str::to_string),
+            leeway_secs: match non_empty(&args.jwt_leeway) {
+                None => crate::auth::LEEWAY_SECS,
+                Some("0") | Some("0s") => 0,
+                Some(_) => duration(
+                    &args.jwt_leeway,
+                    "JWT_LEEWAY",
+                    Duration::from_secs(1),
+                    Duration::ZERO,
+                )?
+                .as_secs(),
+            },
+        };
         Ok(Config {
             database,
             jwt_secret: Secret::new(secret),
+            token_checks,
             bind_addr,
             client_queue_capacity,
             event_retention,

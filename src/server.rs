@@ -51,7 +51,10 @@ pub struct RunningServer {
 /// Binds, starts the listener and the HTTP server, and returns at once: the listener connects
 /// (and reconnects) in the background, and `/health` says when it is live.
 pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
-    let verifier = Arc::new(Verifier::new(&config.jwt_secret).context("JWT_SECRET is unusable")?);
+    let verifier = Arc::new(
+        Verifier::with_checks(&config.jwt_secret, &config.token_checks)
+            .context("JWT_SECRET is unusable")?,
+    );
     let tcp = bind(config.bind_addr)
         .with_context(|| format!("cannot listen on {} (BIND_ADDR)", config.bind_addr))?;
     let local_addr = tcp.local_addr()?;

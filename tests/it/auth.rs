@@ -200,3 +200,31 @@ async fn each_claim_form_grants_exactly_its_negocios() {
         assert!(may_subscribe(&mut service, negocio).await);
     }
 }
+
+#[tokio::test]
+async fn audience_and_issuer_are_checked_when_configured() {
+    let db = TestDb::new().await;
+    let mut config = crate::helpers::test_config(&db.url);
+    config.token_checks.audience = Some("authenticated".into());
+    config.token_checks.issuer = Some("https://ref.supabase.co/auth/v1".into());
+    let app = crate::helpers::spawn_app_unready(config).await;
+    app.wait_health(200).await;
+    let iss = "https://ref.supabase.co/auth/v1";
+    let good = token(json!({"aud": "authenticated", "iss": iss, "negocio_id": "a"}));
+    let mut ws = app.ws(&good).await;
+    ws.subscribe("a").await;
+    for (claims, error) in [
+        (json!({"iss": iss}), "token lacks a required claim: aud"),
+        (
+            json!({"aud": "anon", "iss": iss}),
+            "token audience not accepted",
+        ),
+        (
+            json!({"aud": "authenticated", "iss": "https://other/auth/v1"}),
+            "token issuer not accepted",
+        ),
+    ] {
+        let (status, body) = refused(&app, &format!("?token={}", token(claims)), None).await;
+        assert_eq!((status, body["error"].as_str()), (401, Some(error)));
+    }
+}
