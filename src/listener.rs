@@ -48,6 +48,8 @@ use crate::hub::{Hub, LogPosition};
 use crate::sql::NOTIFY_CHANNEL;
 use crate::stats::Stats;
 
+/// How long the LISTEN self-test may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rows read from the log at a time.
 pub const READ_BATCH: i64 = 1000;
 /// A read that takes longer than this means the connection is not healthy.
@@ -121,6 +123,11 @@ enum SessionError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("connection closed")]
     Closed,
+    #[error(
+        "LISTEN does not deliver notifications on this connection: a transaction-mode pooler \
+         (Supabase: port 6543)? Use the direct connection or the session-mode pooler (port 5432)"
+    )]
+    ListenBroken,
     #[error("a read of the event log took longer than {0:?}")]
     Timeout(Duration),
     #[error("the event log is not readable: run sql/install.sql on this database and grant the server's role access (see README) ({})", with_causes(.0))]
@@ -189,10 +196,16 @@ impl Listener {
         // a notification only stores a wake-up permit, so PostgreSQL's queue never backs up
         // behind us.
         let wake_driver = wake.clone();
+        let probe_channel = format!("citas_realtime_probe_{:08x}", rand::random::<u32>());
+        let probe_seen = Arc::new(Notify::new());
+        let (probe_driver, probe_name) = (probe_seen.clone(), probe_channel.clone());
         let _driver = AbortOnDropHandle::new(tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             let outcome = loop {
                 match messages.next().await {
+                    Some(Ok(AsyncMessage::Notification(n))) if n.channel() == probe_name => {
+                        probe_driver.notify_one()
+                    }
                     Some(Ok(AsyncMessage::Notification(_))) => wake_driver.notify_one(),
                     Some(Ok(AsyncMessage::Notice(notice))) => {
                         tracing::debug!(message = notice.message(), "postgres notice")
@@ -207,6 +220,20 @@ impl Listener {
 
         client
             .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+            .await?;
+        // Prove that notifications reach this connection: behind a transaction-mode pooler
+        // (Supabase's port 6543) LISTEN "succeeds" and nothing ever arrives.
+        client
+            .batch_execute(&format!("LISTEN {probe_channel}; NOTIFY {probe_channel}"))
+            .await?;
+        if tokio::time::timeout(PROBE_TIMEOUT, probe_seen.notified())
+            .await
+            .is_err()
+        {
+            return Err(SessionError::ListenBroken);
+        }
+        client
+            .batch_execute(&format!("UNLISTEN {probe_channel}"))
             .await?;
         let read = client
             .prepare(&read_sql())
