@@ -237,6 +237,13 @@ where
                     }
                     Some(Ok(Message::Close(_))) | None => Flow::Close(None),
                     Some(Ok(_)) => Flow::Continue, // ping/pong: tungstenite answers pings itself
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(error))) => {
+                        tracing::debug!(conn = conn.me.id, %error, "client message too big");
+                        Flow::Close(Some(close_frame(
+                            CloseCode::Size,
+                            "message too big: clients send control messages of up to 16 KiB",
+                        )))
+                    }
                     Some(Err(error)) => {
                         tracing::debug!(conn = conn.me.id, %error, "client read failed");
                         Flow::Close(None)

@@ -8,6 +8,7 @@ mod delivery;
 mod demo;
 mod helpers;
 mod limits;
+mod properties;
 mod protocol;
 mod reliability;
 mod resilience;

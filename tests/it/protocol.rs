@@ -107,3 +107,19 @@ async fn metrics_count_what_happened() {
     assert_eq!(value("citas_realtime_slow_client_drops_total"), 0.0);
     assert!(text.contains("# TYPE citas_realtime_events_delivered_total counter"));
 }
+
+#[tokio::test]
+async fn an_oversized_message_closes_with_1009() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut ws = app.ws(&token(json!({"negocio_id": "big"}))).await;
+    let huge = format!(
+        r#"{{"type":"subscribe","channel":"estadisticas:{}"}}"#,
+        "x".repeat(20 * 1024)
+    );
+    ws.send_text(&huge).await;
+    assert_eq!(
+        ws.closed().await,
+        Some(tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Size)
+    );
+}
