@@ -20,12 +20,13 @@
 --
 -- Access: nothing here is granted to PUBLIC or to Supabase's API roles (anon, authenticated).
 -- install.sql creates the group role citas_realtime_reader with exactly what the server needs
--- (read the log, call prune() and version()); grant it to the server's login role. Row-level
+-- (read the log, call prune(), version(), estadisticas() and notify_cita()); grant it to the server's login role. Row-level
 -- security is enabled on our tables, with a read policy for that role only.
 --
 -- Versions: 1 (first release); 2 adds TRUNCATE announcements, citas_realtime_reader and
--- row-level security. Running this file over version 1 upgrades it in place: one transaction,
--- writers wait for its locks for a moment and never fail, no event is lost.
+-- row-level security; 3 adds notify_cita() (behind the server's POST /notify/cita). Running
+-- this file over an older version upgrades it in place: one transaction, writers wait for its
+-- locks for a moment and never fail, no event is lost.
 --
 -- Requires PostgreSQL 14 or later (CREATE OR REPLACE TRIGGER, pg_current_snapshot()), and an
 -- installing role that may create roles (Supabase's postgres may), unless
@@ -151,7 +152,7 @@ revoke all on function citas_realtime.prune(interval) from public;
 -- The installed version, for `citas-realtime check` and for upgrades.
 create or replace function citas_realtime.version() returns integer
     language sql immutable parallel safe
-    as $$ select 2 $$;
+    as $$ select 3 $$;
 
 -- The trigger function, shared by the INSERT, UPDATE and DELETE statement triggers.
 --
@@ -272,6 +273,43 @@ end
 $fn$;
 revoke all on function citas_realtime.capture() from public;
 
+-- An event announced by an application instead of a trigger: what the old design's REST API
+-- posted to /notify/cita. The server's POST /notify/cita (service tokens only) calls it, so the
+-- announcement is logged and delivered like any other event (every instance, resumes,
+-- statistics). cita_id may be unknown ('' in the log, null on the wire). Returns its seq.
+create or replace function citas_realtime.notify_cita(
+        negocio_id text, action text, cita_id text default null, estado text default null)
+    returns bigint
+    language plpgsql
+    security definer
+    set search_path = pg_catalog, pg_temp
+as $fn$
+declare
+    new_seq bigint;
+begin
+    if notify_cita.negocio_id is null or notify_cita.negocio_id = ''
+       or octet_length(notify_cita.negocio_id) > 256 then
+        raise exception 'citas_realtime.notify_cita: negocio_id must be 1 to 256 bytes'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if notify_cita.action is null
+       or notify_cita.action not in ('created', 'updated', 'deleted', 'status_changed') then
+        raise exception 'citas_realtime.notify_cita: action must be created, updated, deleted or status_changed (got %)',
+            notify_cita.action
+            using errcode = 'invalid_parameter_value';
+    end if;
+    insert into citas_realtime.events (negocio_id, cita_id, action, estado)
+    values (notify_cita.negocio_id, coalesce(notify_cita.cita_id, ''), notify_cita.action,
+            notify_cita.estado)
+    returning seq into new_seq;
+    perform pg_catalog.pg_notify('citas_realtime', pg_catalog.json_build_object(
+        'first_seq', new_seq, 'last_seq', new_seq, 'count', 1,
+        'negocio_id', notify_cita.negocio_id, 'action', notify_cita.action)::text);
+    return new_seq;
+end
+$fn$;
+revoke all on function citas_realtime.notify_cita(text, text, text, text) from public;
+
 -- The dashboard's figures for one negocio: THE place a DBA changes what the dashboard shows.
 -- The server calls it (coalesced, at most once per negocio per short window) after changes and
 -- pushes the result to subscribers, so 30 staff watching one negocio cost one query, not 30.
@@ -344,7 +382,8 @@ revoke all on function citas_realtime.version() from public;
 grant usage on schema citas_realtime to citas_realtime_reader;
 grant select on citas_realtime.events, citas_realtime.retention to citas_realtime_reader;
 grant execute on function citas_realtime.version(), citas_realtime.prune(interval),
-    citas_realtime.estadisticas(text) to citas_realtime_reader;
+    citas_realtime.estadisticas(text), citas_realtime.notify_cita(text, text, text, text)
+    to citas_realtime_reader;
 
 alter table citas_realtime.events enable row level security;
 alter table citas_realtime.retention enable row level security;

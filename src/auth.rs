@@ -1,9 +1,12 @@
 //! JWT verification and the negocios a token grants.
 //!
-//! Tokens are HS256, signed with `JWT_SECRET` (Supabase's JWT secret), and must carry `exp`.
-//! The algorithm is pinned: a token whose header names any other algorithm (`none` included) is
-//! refused before its signature is looked at. `aud` is not checked (Supabase sets it to
-//! `authenticated`; a check is planned as an option).
+//! Tokens are signed either with HS256 and `JWT_SECRET` (Supabase's legacy JWT secret), or
+//! with an asymmetric key (RS256, ES256, ...) from a JWKS document (`JWT_JWKS_URL`, see
+//! [`crate::jwks`]); either or both may be configured. Every token must carry `exp`; `nbf` is
+//! honoured; `aud` and `iss` are checked when configured. Algorithms are pinned: HS256 tokens
+//! meet only the secret, other tokens only the JWKS key their `kid` names, and only when that
+//! key's algorithm is the token's; anything else (`none` included) is refused before its
+//! signature is looked at.
 //!
 //! Grants come from the claims:
 //! * `negocio_id` (a string) and `negocio_ids` (an array), at top level or inside `app_metadata`
@@ -11,6 +14,7 @@
 //! * `role: "service_role"` grants every negocio.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -18,6 +22,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::Value;
 
 use crate::config::Secret;
+use crate::jwks::Jwks;
 
 /// Seconds of clock skew tolerated on `exp` (and `nbf`) unless configured.
 pub const LEEWAY_SECS: u64 = 30;
@@ -51,8 +56,10 @@ pub enum AuthError {
     NotYetValid,
     #[error("invalid token signature")]
     BadSignature,
-    #[error("token algorithm not accepted: only HS256")]
+    #[error("token algorithm not accepted")]
     BadAlgorithm,
+    #[error("token signed by an unknown key (kid)")]
+    UnknownKey,
     #[error("token has no exp claim")]
     NoExpiry,
     #[error("token audience not accepted")]
@@ -90,30 +97,40 @@ pub struct Principal {
     pub grants: Grants,
     /// `exp`, in seconds since the Unix epoch.
     pub expires_at: u64,
+    /// Every claim, for the optional SQL access check ([`crate::access`]).
+    pub claims: Arc<Value>,
 }
 
 /// Verifies tokens; built once from the configuration and shared.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
+    /// HS256 with `JWT_SECRET`, when configured.
+    secret: Option<DecodingKey>,
+    jwks: Option<Arc<Jwks>>,
+    /// The claim checks; `algorithms` is set per key.
     validation: Validation,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Verifier(HS256)")
+        f.debug_struct("Verifier")
+            .field("hs256", &self.secret.is_some())
+            .field("jwks", &self.jwks)
+            .finish()
     }
 }
 
 impl Verifier {
-    /// Fails only for an empty secret, which [`crate::config::Config`] already refuses.
+    /// HS256 only, default checks. Fails only for an empty secret, which
+    /// [`crate::config::Config`] already refuses.
     pub fn new(secret: &Secret) -> Result<Verifier, jsonwebtoken::errors::Error> {
-        Verifier::with_checks(secret, &TokenChecks::default())
+        Verifier::with_checks(Some(secret), None, &TokenChecks::default())
     }
 
-    /// With optional `aud`/`iss` checks and a leeway of its own.
+    /// With an HS256 secret and/or JWKS keys, optional `aud`/`iss` checks and a leeway.
     pub fn with_checks(
-        secret: &Secret,
+        secret: Option<&Secret>,
+        jwks: Option<Arc<Jwks>>,
         checks: &TokenChecks,
     ) -> Result<Verifier, jsonwebtoken::errors::Error> {
         let mut validation = Validation::new(Algorithm::HS256);
@@ -132,19 +149,53 @@ impl Verifier {
         }
         validation.set_required_spec_claims(&required);
         validation.leeway = checks.leeway_secs;
+        let secret = match secret {
+            Some(secret) if !secret.expose().is_empty() => {
+                Some(DecodingKey::from_secret(secret.expose().as_bytes())?)
+            }
+            _ => None,
+        };
         Ok(Verifier {
-            key: DecodingKey::from_secret(secret.expose().as_bytes())?,
+            secret,
+            jwks,
             validation,
         })
     }
 
-    /// Verifies `token` and reads its grants.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    /// Verifies `token` and reads its grants. Async because an unknown `kid` may make it fetch
+    /// the JWKS again (see [`crate::jwks`] for the refresh policy).
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data = jsonwebtoken::decode::<Value>(token, &self.key, &self.validation).map_err(
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithmName | ErrorKind::InvalidAlgorithm => {
+                AuthError::BadAlgorithm
+            }
+            _ => AuthError::Malformed,
+        })?;
+        let jwks_key;
+        let key = if header.alg == Algorithm::HS256 {
+            self.secret.as_ref().ok_or(AuthError::BadAlgorithm)?
+        } else {
+            let jwks = self.jwks.as_ref().ok_or(AuthError::BadAlgorithm)?;
+            let kid = header.kid.as_deref();
+            let mut keys = jwks.current();
+            if keys.find(kid, header.alg).is_none() && kid.is_some() {
+                keys = jwks.refresh_for_unknown_kid().await;
+            }
+            let found = keys.find(kid, header.alg).ok_or(AuthError::UnknownKey)?;
+            // The pin: a key verifies only the algorithm it was published for.
+            if found.algorithm != header.alg {
+                return Err(AuthError::BadAlgorithm);
+            }
+            jwks_key = found.key.clone();
+            &jwks_key
+        };
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
+        let data = jsonwebtoken::decode::<Value>(token, key, &validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
@@ -169,6 +220,7 @@ impl Verifier {
             subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
             grants: grants_from_claims(&claims),
             expires_at,
+            claims: Arc::new(claims),
         })
     }
 }
@@ -259,8 +311,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn verify_round_trip_and_refusals() {
+    #[tokio::test]
+    async fn verify_round_trip_and_refusals() {
         let secret = Secret::new("a-test-secret-that-is-long-enough");
         let v = Verifier::new(&secret).unwrap();
         let ok = mint_token(
@@ -269,7 +321,7 @@ mod tests {
             Duration::from_secs(60),
         )
         .unwrap();
-        let p = v.verify(&ok).unwrap();
+        let p = v.verify(&ok).await.unwrap();
         assert_eq!(p.subject.as_deref(), Some("u"));
         assert!(p.grants.allows("a") && !p.grants.allows("b"));
 
@@ -279,11 +331,11 @@ mod tests {
             Duration::from_secs(60),
         )
         .unwrap();
-        assert_eq!(v.verify(&other).unwrap_err(), AuthError::BadSignature);
+        assert_eq!(v.verify(&other).await.unwrap_err(), AuthError::BadSignature);
         let expired =
             mint_token(&secret, json!({"exp": now_secs() - 3600}), Duration::ZERO).unwrap();
-        assert_eq!(v.verify(&expired).unwrap_err(), AuthError::Expired);
-        assert_eq!(v.verify("not.a.jwt").unwrap_err(), AuthError::Malformed);
-        assert_eq!(v.verify("").unwrap_err(), AuthError::Missing);
+        assert_eq!(v.verify(&expired).await.unwrap_err(), AuthError::Expired);
+        assert_eq!(v.verify("not.a.jwt").await.unwrap_err(), AuthError::Malformed);
+        assert_eq!(v.verify("").await.unwrap_err(), AuthError::Missing);
     }
 }

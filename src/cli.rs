@@ -121,9 +121,31 @@ pub struct ServeArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// HS256 secret that signs client tokens (Supabase's JWT secret).
+    /// HS256 secret that signs client tokens (Supabase's legacy JWT secret). Required unless
+    /// JWT_JWKS_URL is set.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// JWKS with the public keys (RS256, ES256, ...) that sign client tokens: an https:// URL
+    /// (Supabase: https://<ref>.supabase.co/auth/v1/.well-known/jwks.json) or a file path
+    /// [default: none, HS256 only].
+    #[arg(long, env = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// Shortest time between two JWKS fetches caused by tokens with an unknown kid [default:
+    /// 30s].
+    #[arg(long, env = "JWT_JWKS_COOLDOWN")]
+    pub jwt_jwks_cooldown: Option<String>,
+
+    /// SQL function that decides subscriptions the token's claims do not grant, called as
+    /// fn(claims jsonb, negocio_id text) returns boolean, e.g. citas_realtime.can_subscribe
+    /// [default: none, claims only].
+    #[arg(long, env = "CAN_SUBSCRIBE_FUNCTION")]
+    pub can_subscribe_function: Option<String>,
+
+    /// How long an answer of CAN_SUBSCRIBE_FUNCTION is reused [default: 10s].
+    #[arg(long, env = "CAN_SUBSCRIBE_CACHE")]
+    pub can_subscribe_cache: Option<String>,
 
     /// Require this `aud` claim (Supabase user tokens: `authenticated`) [default: not checked].
     #[arg(long, env = "JWT_AUDIENCE")]
@@ -192,6 +214,15 @@ pub struct ServeArgs {
     /// Open WebSocket connections per token subject (`sub`) [default: 200].
     #[arg(long, env = "MAX_CONNECTIONS_PER_SUBJECT")]
     pub max_connections_per_subject: Option<String>,
+
+    /// Messages per second one client may send, sustained; beyond it (and its burst) the
+    /// socket is closed with 1008 [default: 20].
+    #[arg(long, env = "CLIENT_MESSAGE_RATE")]
+    pub client_message_rate: Option<String>,
+
+    /// Messages a client may send at once above the sustained rate [default: 200].
+    #[arg(long, env = "CLIENT_MESSAGE_BURST")]
+    pub client_message_burst: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -3,9 +3,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
+use crate::access::{FunctionName, HookSettings};
 use crate::auth::TokenChecks;
+use crate::jwks::JwksSource;
 use crate::cli::ServeArgs;
 use crate::db::DbConfig;
 use crate::stats::StatsSettings;
@@ -55,7 +58,11 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database: DbConfig,
-    pub jwt_secret: Secret,
+    /// `None` when tokens are verified by JWKS keys only.
+    pub jwt_secret: Option<Secret>,
+    pub jwks: Option<JwksSettings>,
+    /// The optional SQL access hook.
+    pub access_hook: Option<HookSettings>,
     pub token_checks: TokenChecks,
     pub bind_addr: SocketAddr,
     pub client_queue_capacity: usize,
@@ -68,6 +75,13 @@ pub struct Config {
     pub limits: Limits,
 }
 
+/// Where the JWKS comes from and how often an unknown `kid` may refetch it.
+#[derive(Debug, Clone)]
+pub struct JwksSettings {
+    pub source: JwksSource,
+    pub cooldown: Duration,
+}
+
 /// What one client, one subject and the whole server may hold.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -76,13 +90,62 @@ pub struct Limits {
     pub max_subscriptions: usize,
     pub max_connections: usize,
     pub max_connections_per_subject: usize,
+    /// Messages per second a client may send, sustained.
+    pub client_message_rate: u32,
+    /// Messages a client may send at once.
+    pub client_message_burst: u32,
+}
+
+impl Limits {
+    /// The per-connection message quota.
+    pub fn message_quota(&self) -> governor::Quota {
+        let rate = NonZeroU32::new(self.client_message_rate).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(self.client_message_burst).unwrap_or(NonZeroU32::MIN);
+        governor::Quota::per_second(rate).allow_burst(burst)
+    }
 }
 
 impl Config {
     /// Validates what the command line and the environment gave.
     pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
         let database = database_from(&args.database_url)?;
-        let secret = jwt_secret_from(&args.jwt_secret)?;
+        let jwks = match non_empty(&args.jwt_jwks_url) {
+            None => None,
+            Some(text) => Some(JwksSettings {
+                source: JwksSource::parse(text).map_err(|reason| ConfigError::Invalid {
+                    var: "JWT_JWKS_URL",
+                    reason,
+                })?,
+                cooldown: duration(
+                    &args.jwt_jwks_cooldown,
+                    "JWT_JWKS_COOLDOWN",
+                    Duration::from_secs(1),
+                    crate::jwks::DEFAULT_COOLDOWN,
+                )?,
+            }),
+        };
+        // One of the two is needed; both may be set (Supabase projects moving to asymmetric
+        // keys accept both kinds for a while).
+        let jwt_secret = match (non_empty(&args.jwt_secret), &jwks) {
+            (Some(secret), _) => Some(Secret::new(secret)),
+            (None, Some(_)) => None,
+            (None, None) => return Err(ConfigError::Missing("JWT_SECRET")),
+        };
+        let access_hook = match non_empty(&args.can_subscribe_function) {
+            None => None,
+            Some(text) => Some(HookSettings {
+                function: FunctionName::parse(text).map_err(|reason| ConfigError::Invalid {
+                    var: "CAN_SUBSCRIBE_FUNCTION",
+                    reason,
+                })?,
+                cache_ttl: duration(
+                    &args.can_subscribe_cache,
+                    "CAN_SUBSCRIBE_CACHE",
+                    Duration::ZERO,
+                    crate::access::DEFAULT_CACHE_TTL,
+                )?,
+            }),
+        };
         let bind = non_empty(&args.bind_addr).unwrap_or(DEFAULT_BIND_ADDR);
         let bind_addr = bind.parse().map_err(|_| ConfigError::Invalid {
             var: "BIND_ADDR",
@@ -167,6 +230,18 @@ impl Config {
                 1..=10_000_000,
                 200,
             )?,
+            client_message_rate: number(
+                &args.client_message_rate,
+                "CLIENT_MESSAGE_RATE",
+                1..=100_000,
+                20,
+            )? as u32,
+            client_message_burst: number(
+                &args.client_message_burst,
+                "CLIENT_MESSAGE_BURST",
+                1..=100_000,
+                200,
+            )? as u32,
         };
         let token_checks = TokenChecks {
             audience: non_empty(&args.jwt_audience).map(str::to_string),
@@ -185,7 +260,9 @@ impl Config {
         };
         Ok(Config {
             database,
-            jwt_secret: Secret::new(secret),
+            jwt_secret,
+            jwks,
+            access_hook,
             token_checks,
             bind_addr,
             client_queue_capacity,

@@ -13,7 +13,10 @@
 //! | `verify-ca`   | yes              | chain against `sslrootcert` or the system roots        |
 //! | `verify-full` | yes              | chain and host name                                    |
 //!
-//! Absent, `sslmode` is `prefer`, as with libpq.
+//! Absent, `sslmode` depends on the host: `prefer` (libpq's default) for a Unix socket or a
+//! loopback address, `verify-full` for any other host. A database across a network gets
+//! encrypted, verified TLS unless the URL says otherwise: a provider with its own CA (Supabase)
+//! needs `sslrootcert`, and the handshake error says so.
 
 use std::fmt;
 use std::str::FromStr;
@@ -79,6 +82,7 @@ impl DbConfig {
         if pg.get_hosts().is_empty() {
             return Err("no host given".into());
         }
+        let ssl_mode = ssl_mode.unwrap_or_else(|| default_ssl_mode(pg.get_hosts()));
         let root_cert = match root_cert_path {
             None => None,
             Some(path) => Some(
@@ -246,13 +250,34 @@ impl fmt::Display for DbConfig {
     }
 }
 
+/// `sslmode` when the URL gives none: `prefer` when every host is local (a Unix socket or a
+/// loopback address), else `verify-full`.
+fn default_ssl_mode(hosts: &[Host]) -> SslMode {
+    let local = hosts.iter().all(|host| match host {
+        Host::Unix(_) => true,
+        Host::Tcp(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    });
+    if local {
+        SslMode::Prefer
+    } else {
+        SslMode::VerifyFull
+    }
+}
+
 /// Removes `sslmode` and `sslrootcert` from a URL's query or a keyword string.
-fn take_tls_params(url: &str) -> Result<(String, SslMode, Option<String>), String> {
-    let mut ssl_mode = SslMode::Prefer;
+fn take_tls_params(url: &str) -> Result<(String, Option<SslMode>, Option<String>), String> {
+    let mut ssl_mode = None;
     let mut root_cert = None;
     let mut take = |key: &str, value: String| -> Result<bool, String> {
         match key {
-            "sslmode" => ssl_mode = value.parse()?,
+            "sslmode" => ssl_mode = Some(value.parse()?),
             "sslrootcert" => root_cert = Some(value),
             _ => return Ok(false),
         }
@@ -310,7 +335,7 @@ mod tests {
             rest,
             "postgres://u:p@db.example.com:5432/postgres?connect_timeout=30"
         );
-        assert_eq!(mode, SslMode::VerifyFull);
+        assert_eq!(mode, Some(SslMode::VerifyFull));
         assert_eq!(cert.as_deref(), Some("/tmp/ca.crt"));
     }
 
@@ -318,10 +343,22 @@ mod tests {
     fn keyword_strings_and_defaults() {
         let (rest, mode, _) = take_tls_params("host=localhost sslmode=require user=x").unwrap();
         assert_eq!(rest, "host=localhost user=x");
-        assert_eq!(mode, SslMode::Require);
+        assert_eq!(mode, Some(SslMode::Require));
         let (_, mode, _) = take_tls_params("postgres://localhost/db").unwrap();
-        assert_eq!(mode, SslMode::Prefer);
+        assert_eq!(mode, None);
         assert!(take_tls_params("postgres://h/db?sslmode=sometimes").is_err());
+    }
+
+    #[test]
+    fn remote_hosts_default_to_verified_tls() {
+        let mode = |url: &str| DbConfig::parse(url).unwrap().ssl_mode();
+        assert_eq!(mode("postgres://u@db.abc.supabase.co:5432/postgres"), SslMode::VerifyFull);
+        assert_eq!(mode("postgres://u@10.0.0.5/app"), SslMode::VerifyFull);
+        assert_eq!(mode("postgres://u@localhost/app"), SslMode::Prefer);
+        assert_eq!(mode("postgres://u@127.0.0.1:5433/app"), SslMode::Prefer);
+        assert_eq!(mode("postgres://u@[::1]:5433/app"), SslMode::Prefer);
+        assert_eq!(mode("host=/var/run/postgresql user=u"), SslMode::Prefer);
+        assert_eq!(mode("postgres://u@db.example.com/app?sslmode=disable"), SslMode::Disable);
     }
 
     #[test]

@@ -75,7 +75,8 @@ struct Wire<'a> {
 struct WireData<'a> {
     action: Action,
     negocio_id: &'a str,
-    cita_id: &'a str,
+    /// `null` for an event announced through `POST /notify/cita` without a cita id.
+    cita_id: Option<&'a str>,
     estado: Option<&'a str>,
     estado_anterior: Option<&'a str>,
     seq: i64,
@@ -153,7 +154,7 @@ impl Event {
             data: WireData {
                 action: self.action,
                 negocio_id: &self.negocio_id,
-                cita_id: &self.cita_id,
+                cita_id: Some(self.cita_id.as_str()).filter(|id| !id.is_empty()),
                 estado: self.estado.as_deref(),
                 estado_anterior: self.estado_anterior.as_deref(),
                 seq: self.seq,
@@ -166,9 +167,67 @@ impl Event {
     }
 }
 
+/// The payload of the triggers' `NOTIFY citas_realtime`: the seq range one statement wrote,
+/// how many events, and the negocio and action when the statement produced a single kind for a
+/// single negocio.
+///
+/// The listener does not trust it for delivery (it reads the log by seq whatever a payload
+/// says, so a lost, merged or foreign notification changes nothing); it parses it to log what
+/// was announced and to count payloads it does not recognise, which point at another version
+/// of install.sql or at someone else using the channel. It comes from the database, so it is
+/// parsed defensively: any text gives a value or an error, never a panic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Announcement {
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub count: i64,
+    #[serde(default)]
+    pub negocio_id: Option<String>,
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+impl Announcement {
+    /// Longest payload PostgreSQL delivers (its limit is 8000 bytes).
+    pub const MAX_PAYLOAD: usize = 8000;
+
+    pub fn parse(payload: &str) -> Result<Announcement, String> {
+        if payload.len() > Self::MAX_PAYLOAD {
+            return Err(format!("payload of {} bytes", payload.len()));
+        }
+        let a: Announcement =
+            serde_json::from_str(payload).map_err(|e| format!("not an announcement: {e}"))?;
+        if a.first_seq < 1 || a.last_seq < a.first_seq || a.count < 1 {
+            return Err(format!(
+                "inconsistent announcement: seqs {}..={}, count {}",
+                a.first_seq, a.last_seq, a.count
+            ));
+        }
+        Ok(a)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn announcements() {
+        let a = Announcement::parse(
+            r#"{"first_seq":3,"last_seq":5,"count":3,"negocio_id":"n1","action":"created"}"#,
+        )
+        .unwrap();
+        assert_eq!((a.first_seq, a.last_seq, a.count), (3, 5, 3));
+        assert_eq!(a.negocio_id.as_deref(), Some("n1"));
+        let a = Announcement::parse(
+            r#"{"first_seq":3,"last_seq":5,"count":3,"negocio_id":null,"action":null}"#,
+        )
+        .unwrap();
+        assert_eq!(a.negocio_id, None);
+        assert!(Announcement::parse("").is_err());
+        assert!(Announcement::parse(r#"{"first_seq":5,"last_seq":3,"count":1}"#).is_err());
+        assert!(Announcement::parse("probe").is_err());
+    }
 
     #[test]
     fn wire_form_matches_the_protocol() {

@@ -26,18 +26,22 @@
 //! * [`hub`]: who is subscribed to which negocio; fan-out with per-client bounded queues.
 //! * [`retention`]: pruning old events on a timer (one instance at a time).
 //! * [`stats`]: live statistics, computed once per negocio (coalesced) and pushed.
-//! * [`auth`]: JWT verification and the negocios a token grants.
+//! * [`auth`]: JWT verification (HS256 secret and/or JWKS keys) and the negocios a token grants.
+//! * [`jwks`]: asymmetric signing keys from a JWKS file or URL, pinned algorithms, refresh.
+//! * [`access`]: who may subscribe to which negocio: the token's grants, then the optional SQL
+//!   hook (`CAN_SUBSCRIBE_FUNCTION`), cached briefly.
 //! * [`protocol`]: the JSON messages clients send and receive.
 //! * [`ws`]: the WebSocket upgrade (after the token is verified), the per-connection task, and
 //!   resuming with `since`.
 //! * [`metrics`]: `GET /metrics` (Prometheus text), mirrored from the counters above.
-//! * [`server`]: HTTP routes, binding, startup and graceful shutdown of every task.
+//! * [`server`]: HTTP routes (`/ws`, `POST /notify/cita`, `/health`, `/metrics`), binding, startup and graceful shutdown of every task.
 //! * [`pgtemp`]: a private, throw-away PostgreSQL cluster for the demo and the tests.
 //! * [`demo`]: `citas-realtime demo`.
 //! * [`admin`]: `citas-realtime token` and `citas-realtime sql print|install|uninstall`.
 //! * [`check`]: `citas-realtime check`, one line per diagnosis.
 //! * [`cli`]: the command line.
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod check;
@@ -47,6 +51,7 @@ pub mod db;
 pub mod demo;
 pub mod event;
 pub mod hub;
+pub mod jwks;
 pub mod listener;
 pub mod metrics;
 pub mod pgtemp;

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::db::{with_causes, ConnectError, DbConfig};
-use crate::event::{Event, EVENT_COLUMNS};
+use crate::event::{Announcement, Event, EVENT_COLUMNS};
 use crate::hub::{Hub, LogPosition};
 use crate::sql::NOTIFY_CHANNEL;
 use crate::stats::Stats;
@@ -74,6 +74,8 @@ pub struct ListenerStatus {
     events_read: AtomicU64,
     /// Seconds from an event's write to the listener handing it to the hub.
     pub lag: prometheus::Histogram,
+    /// Notifications on our channel whose payload is not an [`Announcement`].
+    pub unrecognised: prometheus::IntCounter,
 }
 
 impl Default for ListenerStatus {
@@ -93,6 +95,12 @@ impl Default for ListenerStatus {
             // Fixed, valid options: creation cannot fail.
             lag: prometheus::Histogram::with_opts(opts)
                 .unwrap_or_else(|_| unreachable!("valid histogram options")),
+            unrecognised: prometheus::IntCounter::new(
+                "citas_realtime_unrecognised_notifications_total",
+                "NOTIFY citas_realtime payloads that are not a trigger's announcement \
+                 (another install.sql version, or someone else using the channel)",
+            )
+            .unwrap_or_else(|_| unreachable!("valid counter options")),
         }
     }
 }
@@ -196,6 +204,7 @@ impl Listener {
         // a notification only stores a wake-up permit, so PostgreSQL's queue never backs up
         // behind us.
         let wake_driver = wake.clone();
+        let unrecognised = self.status.unrecognised.clone();
         let probe_channel = format!("citas_realtime_probe_{:08x}", rand::random::<u32>());
         let probe_seen = Arc::new(Notify::new());
         let (probe_driver, probe_name) = (probe_seen.clone(), probe_channel.clone());
@@ -206,7 +215,22 @@ impl Listener {
                     Some(Ok(AsyncMessage::Notification(n))) if n.channel() == probe_name => {
                         probe_driver.notify_one()
                     }
-                    Some(Ok(AsyncMessage::Notification(_))) => wake_driver.notify_one(),
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        match Announcement::parse(n.payload()) {
+                            Ok(a) => tracing::trace!(
+                                first_seq = a.first_seq,
+                                last_seq = a.last_seq,
+                                count = a.count,
+                                "announced"
+                            ),
+                            Err(reason) => {
+                                unrecognised.inc();
+                                tracing::debug!(reason, "unrecognised NOTIFY payload; reading the log anyway")
+                            }
+                        }
+                        // Whatever the payload says, the log is the truth: read it.
+                        wake_driver.notify_one()
+                    }
                     Some(Ok(AsyncMessage::Notice(notice))) => {
                         tracing::debug!(message = notice.message(), "postgres notice")
                     }

@@ -86,6 +86,8 @@ impl Metrics {
             registry,
         };
         m.registry.register(Box::new(m.status.lag.clone()))?;
+        m.registry
+            .register(Box::new(m.status.unrecognised.clone()))?;
         Ok(m)
     }
 

@@ -1,7 +1,8 @@
 //! The JSON text messages of the WebSocket protocol (events themselves are in [`crate::event`]).
 //!
 //! Client to server: `subscribe`, `unsubscribe`, `ping`. Server to client: `subscribed`,
-//! `unsubscribed`, `pong`, `error` (codes `bad_request`, `bad_channel`, `forbidden`) and the
+//! `unsubscribed`, `pong`, `error` (codes `bad_request`, `bad_channel`, `forbidden`, `unauthorized`,
+//! `too_many_subscriptions`, `stats_unavailable`, `unavailable`) and the
 //! `cita_*` events. Unknown fields are ignored, so newer clients can send more.
 
 use serde::Deserialize;
@@ -45,6 +46,8 @@ pub enum ErrorCode {
     StatsUnavailable,
     Unauthorized,
     TooManySubscriptions,
+    /// The access check (the optional SQL hook) could not be made: try again.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -56,6 +59,7 @@ impl ErrorCode {
             ErrorCode::StatsUnavailable => "stats_unavailable",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP routes, binding, startup and graceful shutdown of every task.
 //!
-//! Routes: `GET /ws` (token verified *before* any upgrade), `GET /health`, `GET /metrics`;
+//! Routes: `GET /ws` (token verified *before* any upgrade), `POST /notify/cita` (service tokens
+//! only), `GET /health`, `GET /metrics`;
 //! anything else is a JSON 404/405. [`start`] returns a [`RunningServer`] with the address actually bound, which is
 //! what the tests and the demo use; `main` runs one until SIGTERM or Ctrl-C.
 
@@ -21,8 +22,11 @@ use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::auth::{AuthError, Verifier};
+use crate::access::Access;
+use crate::auth::{AuthError, Grants, Verifier};
+use crate::jwks::Jwks;
 use crate::config::{Config, Limits};
+use crate::db::with_causes;
 use crate::hub::Hub;
 use crate::hub::Refused;
 use crate::listener::{Listener, ListenerStatus};
@@ -51,8 +55,16 @@ pub struct RunningServer {
 /// Binds, starts the listener and the HTTP server, and returns at once: the listener connects
 /// (and reconnects) in the background, and `/health` says when it is live.
 pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
+    let jwks = match &config.jwks {
+        Some(settings) => Some(
+            Jwks::load(settings.source.clone(), settings.cooldown)
+                .await
+                .context("JWT_JWKS_URL: cannot load the signing keys")?,
+        ),
+        None => None,
+    };
     let verifier = Arc::new(
-        Verifier::with_checks(&config.jwt_secret, &config.token_checks)
+        Verifier::with_checks(config.jwt_secret.as_ref(), jwks, &config.token_checks)
             .context("JWT_SECRET is unusable")?,
     );
     let tcp = bind(config.bind_addr)
@@ -77,9 +89,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let stats_task = stats
         .clone()
         .map(|engine| tokio::spawn(engine.run(shutdown.clone())));
+    let access = Arc::new(Access::new(config.access_hook.clone(), pool.clone()));
     let ctx = WsContext {
         verifier: verifier.clone(),
+        access,
         max_subscriptions: config.limits.max_subscriptions,
+        message_quota: config.limits.message_quota(),
         stats: stats.clone(),
         hub: hub.clone(),
         queue_capacity: config.client_queue_capacity,
@@ -189,11 +204,22 @@ fn routes(
         )
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
-        .map(
+        .then({
+            let (ctx, verifier) = (ctx.clone(), verifier.clone());
             move |query: HashMap<String, String>, headers: HeaderMap, on_upgrade| {
-                upgrade(&ctx, &limits, &verifier, &query, &headers, on_upgrade)
-            },
-        );
+                let (ctx, limits, verifier) = (ctx.clone(), limits.clone(), verifier.clone());
+                async move { upgrade(&ctx, &limits, &verifier, &query, &headers, on_upgrade).await }
+            }
+        });
+    let notify = warp::path!("notify" / "cita")
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(NOTIFY_BODY_LIMIT))
+        .and(warp::body::bytes())
+        .then(move |headers: HeaderMap, body: bytes::Bytes| {
+            let (pool, verifier) = (ctx.pool.clone(), verifier.clone());
+            async move { notify_cita(&pool, &verifier, &headers, &body).await }
+        });
     let health = warp::path!("health").and(warp::get()).map(move || {
         let connected = status.is_connected();
         let counts = hub.stats();
@@ -222,7 +248,9 @@ fn routes(
         );
         response
     });
-    ws.or(health)
+    ws.or(notify)
+        .unify()
+        .or(health)
         .unify()
         .or(metrics)
         .unify()
@@ -231,7 +259,7 @@ fn routes(
 }
 
 /// `GET /ws`: token first, then the WebSocket handshake.
-fn upgrade(
+async fn upgrade(
     ctx: &WsContext,
     limits: &Limits,
     verifier: &Verifier,
@@ -239,18 +267,15 @@ fn upgrade(
     headers: &HeaderMap,
     on_upgrade: Option<OnUpgrade>,
 ) -> Response {
-    let token = query.get("token").map(String::as_str).or_else(|| {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-    });
-    let principal = match token.map(|t| verifier.verify(t)) {
-        Some(Ok(principal)) => principal,
-        Some(Err(error)) => return unauthorized(&error),
+    let token = query
+        .get("token")
+        .map(String::as_str)
+        .or_else(|| bearer(headers));
+    let principal = match token {
+        Some(token) => match verifier.verify(token).await {
+            Ok(principal) => principal,
+            Err(error) => return unauthorized(&error),
+        },
         None => return unauthorized(&AuthError::Missing),
     };
     if ctx.shutdown.is_cancelled() {
@@ -318,6 +343,125 @@ fn upgrade(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     response
+}
+
+/// The token of an `Authorization: Bearer <jwt>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+}
+
+/// The body of `POST /notify/cita`, as the REST API of the old design sends it. `cita_id` and
+/// `estado` are optional extras.
+#[derive(Debug, serde::Deserialize)]
+struct NotifyBody {
+    negocio_id: IdText,
+    action: String,
+    #[serde(default)]
+    cita_id: Option<IdText>,
+    #[serde(default)]
+    estado: Option<String>,
+}
+
+/// An id sent as a string or a number (bigint ids).
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum IdText {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl IdText {
+    fn into_text(self) -> String {
+        match self {
+            IdText::Text(text) => text,
+            IdText::Number(n) => n.to_string(),
+        }
+    }
+}
+
+/// The actions `POST /notify/cita` accepts.
+const NOTIFY_ACTIONS: [&str; 4] = ["created", "updated", "deleted", "status_changed"];
+/// `POST /notify/cita` bodies are a few dozen bytes.
+const NOTIFY_BODY_LIMIT: u64 = 16 * 1024;
+
+/// `POST /notify/cita`: the old design's REST-side notification, for APIs not yet migrated.
+/// Service tokens only. The event goes through the log like any trigger-written one
+/// (`citas_realtime.notify_cita`), so every instance, every resume and the statistics see it.
+async fn notify_cita(
+    pool: &deadpool_postgres::Pool,
+    verifier: &Verifier,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let principal = match bearer(headers) {
+        Some(token) => match verifier.verify(token).await {
+            Ok(principal) => principal,
+            Err(error) => return unauthorized(&error),
+        },
+        None => {
+            return unauthorized(&AuthError::Missing);
+        }
+    };
+    if principal.grants != Grants::All {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "POST /notify/cita needs a service token (role service_role)",
+        );
+    }
+    let body: NotifyBody = match serde_json::from_slice(body) {
+        Ok(body) => body,
+        Err(error) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("body must be {{\"negocio_id\": ..., \"action\": ...}}: {error}"),
+            )
+        }
+    };
+    let negocio_id = body.negocio_id.into_text();
+    if negocio_id.is_empty() || negocio_id.len() > crate::protocol::MAX_NEGOCIO_ID_LEN {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "negocio_id must be 1 to 256 bytes",
+        );
+    }
+    if !NOTIFY_ACTIONS.contains(&body.action.as_str()) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "action must be one of created, updated, deleted, status_changed",
+        );
+    }
+    let cita_id = body.cita_id.map(IdText::into_text);
+    let result = async {
+        let client = pool.get().await.map_err(|e| with_causes(&e))?;
+        let row = client
+            .query_one(
+                "select citas_realtime.notify_cita($1::text, $2::text, $3::text, $4::text)",
+                &[&negocio_id, &body.action, &cita_id, &body.estado],
+            )
+            .await
+            .map_err(|e| with_causes(&e))?;
+        row.try_get::<_, i64>(0).map_err(|e| with_causes(&e))
+    }
+    .await;
+    match result {
+        Ok(seq) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "notificación recibida", "seq": seq}),
+        ),
+        Err(reason) => {
+            tracing::warn!(reason, "POST /notify/cita could not write the event");
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot record the notification now (is install.sql version 3 or later installed?)",
+            )
+        }
+    }
 }
 
 fn unauthorized(error: &AuthError) -> Response {

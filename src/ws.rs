@@ -40,6 +40,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::Access;
 use crate::auth::{now_secs, Principal, Verifier};
 use crate::db::with_causes;
 use crate::event::{Event, Outbound, EVENT_COLUMNS};
@@ -83,7 +84,11 @@ pub struct WsContext {
     pub stats: Option<Arc<Stats>>,
     /// Verifies the fresh tokens of `auth` messages.
     pub verifier: Arc<Verifier>,
+    /// Decides which negocios a principal may subscribe to.
+    pub access: Arc<Access>,
     pub max_subscriptions: usize,
+    /// Messages a client may send: a sustained rate and a burst.
+    pub message_quota: governor::Quota,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -200,6 +205,12 @@ where
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset(); // the first tick would fire at once
     let mut last_heard = Instant::now();
+    // Control messages a client may send: pings, auth and a burst of subscribes when a
+    // dashboard (re)connects fit easily; a client flooding the server is closed with 1008.
+    let limiter = governor::RateLimiter::direct_with_clock(
+        conn.ctx.message_quota,
+        governor::clock::MonotonicClock,
+    );
     let expiry = tokio::time::sleep_until(expiry_instant(&conn.principal));
     tokio::pin!(expiry);
 
@@ -223,7 +234,14 @@ where
             }
             incoming = stream.next() => {
                 last_heard = Instant::now();
-                match incoming {
+                let data = matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_))));
+                if data && limiter.check().is_err() {
+                    tracing::debug!(conn = conn.me.id, "client exceeded its message rate");
+                    Flow::Close(Some(close_frame(
+                        CloseCode::Policy,
+                        "too many messages: slow down",
+                    )))
+                } else { match incoming {
                     Some(Ok(Message::Text(text))) => {
                         let flow = conn.handle(text.as_str()).await;
                         // An `auth` may have moved the deadline.
@@ -248,7 +266,7 @@ where
                         tracing::debug!(conn = conn.me.id, %error, "client read failed");
                         Flow::Close(None)
                     }
-                }
+                } }
             }
             n = frames.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {
@@ -356,13 +374,24 @@ where
                     Ok(negocio) => negocio,
                     Err(reply) => return self.reply(reply).await,
                 };
-                if !self.principal.grants.allows(&negocio) {
-                    let reply = protocol::error(
-                        ErrorCode::Forbidden,
-                        "this token does not grant that negocio",
-                        Some(&channel),
-                    );
-                    return self.reply(reply).await;
+                match self.ctx.access.allows(&self.principal, &negocio).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let reply = protocol::error(
+                            ErrorCode::Forbidden,
+                            "this token does not grant that negocio",
+                            Some(&channel),
+                        );
+                        return self.reply(reply).await;
+                    }
+                    Err(unavailable) => {
+                        let reply = protocol::error(
+                            ErrorCode::Unavailable,
+                            &unavailable.to_string(),
+                            Some(&channel),
+                        );
+                        return self.reply(reply).await;
+                    }
                 }
                 if since.is_some_and(|s| s < 0) {
                     let reply = protocol::error(
@@ -423,7 +452,7 @@ where
     /// `auth`: a fresh token replaces the current one if it verifies; subscriptions it no
     /// longer grants end with `forbidden`.
     async fn reauthenticate(&mut self, token: &str) -> Flow {
-        let principal = match self.ctx.verifier.verify(token) {
+        let principal = match self.ctx.verifier.verify(token).await {
             Ok(principal) => principal,
             Err(error) => {
                 let reply = protocol::error(ErrorCode::Unauthorized, &error.to_string(), None);
@@ -431,12 +460,14 @@ where
             }
         };
         self.principal = principal;
-        let lost: Vec<String> = self
-            .subscriptions
-            .iter()
-            .filter(|n| !self.principal.grants.allows(n))
-            .cloned()
-            .collect();
+        let mut lost = Vec::new();
+        for negocio in &self.subscriptions {
+            // An access check that cannot be made keeps the subscription: it was allowed, and
+            // the token itself verified.
+            if let Ok(false) = self.ctx.access.allows(&self.principal, negocio).await {
+                lost.push(negocio.clone());
+            }
+        }
         let mut replies = vec![protocol::authenticated()];
         for negocio in lost {
             self.subscriptions.remove(&negocio);

@@ -109,7 +109,7 @@ async fn sql_install_then_check_then_uninstall() {
     .await
     .unwrap();
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("version 2 installed"), "{stdout}");
+    assert!(stdout.contains("version 3 installed"), "{stdout}");
     db.execute("insert into citas (negocio_id) values ('cli')")
         .await;
     assert_eq!(db.logged("cli").await.len(), 1);
@@ -144,7 +144,7 @@ async fn sql_install_then_check_then_uninstall() {
             "no ok line for {name}:\n{stdout}"
         );
     }
-    assert!(stdout.contains("version 2 installed"));
+    assert!(stdout.contains("version 3 installed"));
 
     let url = db.url.clone();
     let (code, _, _) = tokio::task::spawn_blocking(move || {

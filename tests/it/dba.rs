@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::helpers::{brief, connect, spawn_app, token, TestApp, TestDb, Ws};
 
+const INSTALL_V2: &str = include_str!("../fixtures/install_v2.sql");
 const INSTALL_V1: &str = include_str!("../fixtures/install_v1.sql");
 
 /// Supabase's shape: RLS on citas, API roles writing through policies, default privileges that
@@ -249,18 +250,17 @@ async fn truncate_tells_every_subscriber_to_resync() {
     late.expect("resync").await;
 }
 
-/// An install of the previous version, writers busy, then the new install.sql over it: no write
-/// fails, no event is lost, and the version says 2.
-#[tokio::test]
-async fn upgrading_from_version_1_under_writes_loses_nothing() {
+/// An install of an older version, writers busy, then the new install.sql over it: no write
+/// fails, no event is lost, and the version is the new one.
+async fn upgrade_under_writes(old_sql: &str, old_version: i32) {
     let db = TestDb::empty().await;
     db.client.batch_execute(EXAMPLE_SCHEMA).await.unwrap();
     db.client
-        .batch_execute(INSTALL_V1)
+        .batch_execute(old_sql)
         .await
-        .expect("v1 installs");
+        .expect("the old version installs");
     let version: i32 = db.scalar("select citas_realtime.version()").await;
-    assert_eq!(version, 1);
+    assert_eq!(version, old_version);
     let app = spawn_app(&db.url).await;
     let mut ws = app.subscriber(&["up"]).await;
 
@@ -277,7 +277,7 @@ async fn upgrading_from_version_1_under_writes_loses_nothing() {
     upgrader
         .batch_execute(INSTALL)
         .await
-        .expect("upgrade to v2");
+        .expect("the upgrade applies");
     writer.await.unwrap();
     db.execute("insert into citas (negocio_id) values ('up')")
         .await;
@@ -287,5 +287,15 @@ async fn upgrading_from_version_1_under_writes_loses_nothing() {
     assert_eq!(got, logged);
     assert_eq!(logged.len(), 201);
     let version: i32 = db.scalar("select citas_realtime.version()").await;
-    assert_eq!(version, 2);
+    assert_eq!(version, citas_realtime::sql::SQL_VERSION);
+}
+
+#[tokio::test]
+async fn upgrading_from_version_1_under_writes_loses_nothing() {
+    upgrade_under_writes(INSTALL_V1, 1).await;
+}
+
+#[tokio::test]
+async fn upgrading_from_version_2_under_writes_loses_nothing() {
+    upgrade_under_writes(INSTALL_V2, 2).await;
 }
