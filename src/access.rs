@@ -69,7 +69,10 @@ impl FunctionName {
     /// The call, with `$1` the claims and `$2` the negocio id.
     pub fn call_sql(&self) -> String {
         match &self.schema {
-            Some(schema) => format!("select \"{schema}\".\"{}\"($1::text::jsonb, $2::text)", self.name),
+            Some(schema) => format!(
+                "select \"{schema}\".\"{}\"($1::text::jsonb, $2::text)",
+                self.name
+            ),
             None => format!("select \"{}\"($1::text::jsonb, $2::text)", self.name),
         }
     }
@@ -186,7 +189,15 @@ mod tests {
         );
         assert_eq!(f.signature(), "citas_realtime.can_subscribe(jsonb, text)");
         assert!(FunctionName::parse("can_subscribe").is_ok());
-        for bad in ["", "a.b.c", "x; drop table citas", "\"x\"", "A.b", "1x", "a."] {
+        for bad in [
+            "",
+            "a.b.c",
+            "x; drop table citas",
+            "\"x\"",
+            "A.b",
+            "1x",
+            "a.",
+        ] {
             assert!(FunctionName::parse(bad).is_err(), "{bad}");
         }
     }

@@ -195,8 +195,8 @@ impl Verifier {
         };
         let mut validation = self.validation.clone();
         validation.algorithms = vec![header.alg];
-        let data = jsonwebtoken::decode::<Value>(token, key, &validation).map_err(
-            |e| match e.kind() {
+        let data =
+            jsonwebtoken::decode::<Value>(token, key, &validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -209,8 +209,7 @@ impl Verifier {
                 ErrorKind::InvalidAudience => AuthError::BadAudience,
                 ErrorKind::InvalidIssuer => AuthError::BadIssuer,
                 _ => AuthError::Malformed,
-            },
-        )?;
+            })?;
         let claims = data.claims;
         let expires_at = claims
             .get("exp")
@@ -335,7 +334,10 @@ mod tests {
         let expired =
             mint_token(&secret, json!({"exp": now_secs() - 3600}), Duration::ZERO).unwrap();
         assert_eq!(v.verify(&expired).await.unwrap_err(), AuthError::Expired);
-        assert_eq!(v.verify("not.a.jwt").await.unwrap_err(), AuthError::Malformed);
+        assert_eq!(
+            v.verify("not.a.jwt").await.unwrap_err(),
+            AuthError::Malformed
+        );
         assert_eq!(v.verify("").await.unwrap_err(), AuthError::Missing);
     }
 }

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio_postgres::AsyncMessage;
 
+use crate::access::HookSettings;
 use crate::cli::ServeArgs;
 use crate::config::{database_from, jwt_secret_from, Config};
 use crate::db::{with_causes, DbConfig, SslMode};
+use crate::jwks::Jwks;
 use crate::sql::SQL_VERSION;
 
 /// How long the LISTEN/NOTIFY round trip may take.
@@ -35,11 +37,32 @@ impl Report {
 
 pub async fn run(args: &ServeArgs) -> ExitCode {
     let mut r = Report::default();
-    match Config::from_args(args) {
-        Ok(_) => r.ok("config", "every variable is valid"),
-        Err(error) => r.fail("config", error.to_string()),
+    let config = match Config::from_args(args) {
+        Ok(config) => {
+            r.ok("config", "every variable is valid");
+            Some(config)
+        }
+        Err(error) => {
+            r.fail("config", error.to_string());
+            None
+        }
+    };
+    let jwks = config.as_ref().and_then(|c| c.jwks.clone());
+    if let Some(settings) = &jwks {
+        match Jwks::load(settings.source.clone(), settings.cooldown).await {
+            Ok(keys) => r.ok(
+                "jwks",
+                format!(
+                    "{} signing key(s) from {}",
+                    keys.current().len(),
+                    settings.source
+                ),
+            ),
+            Err(error) => r.fail("jwks", format!("{error:#}")),
+        }
     }
     match jwt_secret_from(&args.jwt_secret) {
+        Err(_) if jwks.is_some() => r.ok("jwt", "no JWT_SECRET: JWKS keys only, exp required"),
         Ok(secret) if secret.len() >= 32 => r.ok(
             "jwt",
             format!(
@@ -56,8 +79,9 @@ pub async fn run(args: &ServeArgs) -> ExitCode {
         ),
         Err(error) => r.fail("jwt", error.to_string()),
     }
+    let hook = config.as_ref().and_then(|c| c.access_hook.clone());
     match database_from(&args.database_url) {
-        Ok(db) => database(&mut r, &db).await,
+        Ok(db) => database(&mut r, &db, hook.as_ref()).await,
         Err(error) => r.fail("database", error.to_string()),
     }
     if r.failed {
@@ -67,7 +91,7 @@ pub async fn run(args: &ServeArgs) -> ExitCode {
     }
 }
 
-async fn database(r: &mut Report, db: &DbConfig) {
+async fn database(r: &mut Report, db: &DbConfig, hook: Option<&HookSettings>) {
     let started = Instant::now();
     let (client, mut connection) = match db.connect().await {
         Ok(pair) => pair,
@@ -105,6 +129,9 @@ async fn database(r: &mut Report, db: &DbConfig) {
     tls(r, db, &client).await;
     listen(r, db, &client, &mut notified).await;
     installed(r, &client, &user).await;
+    if let Some(hook) = hook {
+        access_hook(r, &client, &user, hook).await;
+    }
     driver.abort();
 }
 
@@ -274,5 +301,40 @@ async fn installed(r: &mut Report, client: &tokio_postgres::Client, user: &str) 
                 with_causes(&error)
             ),
         ),
+    }
+}
+
+/// `CAN_SUBSCRIBE_FUNCTION` exists with the right signature and the server's role may call it.
+async fn access_hook(
+    r: &mut Report,
+    client: &tokio_postgres::Client,
+    user: &str,
+    hook: &HookSettings,
+) {
+    let signature = hook.function.signature();
+    match client
+        .query_one(
+            "select to_regprocedure($1) is not null,
+                    to_regprocedure($1) is not null
+                    and has_function_privilege(to_regprocedure($1), 'execute')",
+            &[&signature],
+        )
+        .await
+    {
+        Ok(row) => match (row.get::<_, bool>(0), row.get::<_, bool>(1)) {
+            (true, true) => r.ok("access", format!("{signature} exists and {user} may call it")),
+            (true, false) => r.fail(
+                "access",
+                format!("{user} may not call {signature}: grant execute on function {signature} to {user}"),
+            ),
+            _ => r.fail(
+                "access",
+                format!(
+                    "CAN_SUBSCRIBE_FUNCTION names {signature}, which does not exist: create it \
+                     (returns boolean; see the README) or unset the variable"
+                ),
+            ),
+        },
+        Err(error) => r.fail("access", with_causes(&error)),
     }
 }

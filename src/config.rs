@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use crate::access::{FunctionName, HookSettings};
 use crate::auth::TokenChecks;
-use crate::jwks::JwksSource;
 use crate::cli::ServeArgs;
 use crate::db::DbConfig;
+use crate::jwks::JwksSource;
 use crate::stats::StatsSettings;
 
 /// Default address, as the server this one replaces used.

@@ -207,10 +207,24 @@ pub enum ConnectError {
     Tls(native_tls::Error),
     /// Shown with its causes ("error performing TLS handshake: ... certificate verify failed"):
     /// tokio-postgres' own message alone does not say what went wrong.
-    #[error("{}", with_causes(.0))]
+    #[error("{}", explain(.0))]
     Postgres(tokio_postgres::Error),
     #[error("cannot build the connection pool: {0}")]
     Pool(String),
+}
+
+/// A connection error with its causes, and what to do when it is the certificate check.
+fn explain(error: &tokio_postgres::Error) -> String {
+    let text = with_causes(error);
+    if text.contains("certificate") {
+        format!(
+            "{text} (the server's certificate could not be verified: add \
+             sslrootcert=<CA file> to DATABASE_URL, e.g. Supabase's CA from the project's \
+             database settings, or sslmode=require to encrypt without verifying)"
+        )
+    } else {
+        text
+    }
 }
 
 /// An error and its chain of sources, on one line.
@@ -352,13 +366,19 @@ mod tests {
     #[test]
     fn remote_hosts_default_to_verified_tls() {
         let mode = |url: &str| DbConfig::parse(url).unwrap().ssl_mode();
-        assert_eq!(mode("postgres://u@db.abc.supabase.co:5432/postgres"), SslMode::VerifyFull);
+        assert_eq!(
+            mode("postgres://u@db.abc.supabase.co:5432/postgres"),
+            SslMode::VerifyFull
+        );
         assert_eq!(mode("postgres://u@10.0.0.5/app"), SslMode::VerifyFull);
         assert_eq!(mode("postgres://u@localhost/app"), SslMode::Prefer);
         assert_eq!(mode("postgres://u@127.0.0.1:5433/app"), SslMode::Prefer);
         assert_eq!(mode("postgres://u@[::1]:5433/app"), SslMode::Prefer);
         assert_eq!(mode("host=/var/run/postgresql user=u"), SslMode::Prefer);
-        assert_eq!(mode("postgres://u@db.example.com/app?sslmode=disable"), SslMode::Disable);
+        assert_eq!(
+            mode("postgres://u@db.example.com/app?sslmode=disable"),
+            SslMode::Disable
+        );
     }
 
     #[test]

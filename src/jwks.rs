@@ -360,7 +360,10 @@ mod tests {
              "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
         ]}"#;
         let set = KeySet::parse(doc).unwrap();
-        assert_eq!(set.find(Some("d"), Algorithm::ES256).map(|k| k.algorithm), Some(Algorithm::ES256));
+        assert_eq!(
+            set.find(Some("d"), Algorithm::ES256).map(|k| k.algorithm),
+            Some(Algorithm::ES256)
+        );
         assert!(set.find(None, Algorithm::ES256).is_none());
         assert!(KeySet::parse(b"{}").is_err());
         assert!(KeySet::parse(b"not json").is_err());

@@ -225,7 +225,10 @@ impl Listener {
                             ),
                             Err(reason) => {
                                 unrecognised.inc();
-                                tracing::debug!(reason, "unrecognised NOTIFY payload; reading the log anyway")
+                                tracing::debug!(
+                                    reason,
+                                    "unrecognised NOTIFY payload; reading the log anyway"
+                                )
                             }
                         }
                         // Whatever the payload says, the log is the truth: read it.

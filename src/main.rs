@@ -98,8 +98,20 @@ fn stop_signal() -> CancellationToken {
 fn init_logging(format: &str) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     // PostgreSQL's NOTICEs (e.g. "already exists, skipping") are not news to an operator.
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
+    // Tokens must never reach a log, whatever RUST_LOG says: tungstenite traces every message
+    // a client sends (`auth` carries a token), and tokio-postgres' debug lines print query
+    // parameters (the access hook receives the token's claims). Capped.
+    for directive in [
+        "tungstenite=info",
+        "tokio_tungstenite=info",
+        "tokio_postgres=warn",
+    ] {
+        if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -24,11 +24,11 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::access::Access;
 use crate::auth::{AuthError, Grants, Verifier};
-use crate::jwks::Jwks;
 use crate::config::{Config, Limits};
 use crate::db::with_causes;
 use crate::hub::Hub;
 use crate::hub::Refused;
+use crate::jwks::Jwks;
 use crate::listener::{Listener, ListenerStatus};
 use crate::ws::{self, WsContext};
 
@@ -425,10 +425,7 @@ async fn notify_cita(
     };
     let negocio_id = body.negocio_id.into_text();
     if negocio_id.is_empty() || negocio_id.len() > crate::protocol::MAX_NEGOCIO_ID_LEN {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "negocio_id must be 1 to 256 bytes",
-        );
+        return error_response(StatusCode::BAD_REQUEST, "negocio_id must be 1 to 256 bytes");
     }
     if !NOTIFY_ACTIONS.contains(&body.action.as_str()) {
         return error_response(

@@ -73,8 +73,8 @@ fn run_with(envs: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, Strin
     )
 }
 
-#[test]
-fn token_signs_what_it_is_asked() {
+#[tokio::test]
+async fn token_signs_what_it_is_asked() {
     let secret = "cli-secret-cli-secret-cli-secret-0";
     let (code, stdout, _) = run_with(
         &[("JWT_SECRET", secret)],
@@ -83,7 +83,7 @@ fn token_signs_what_it_is_asked() {
     assert_eq!(code, Some(0));
     let verifier =
         citas_realtime::auth::Verifier::new(&citas_realtime::config::Secret::new(secret)).unwrap();
-    let principal = verifier.verify(stdout.trim()).expect("a valid token");
+    let principal = verifier.verify(stdout.trim()).await.expect("a valid token");
     assert!(principal.grants.allows("a") && principal.grants.allows("b"));
     assert!(!principal.grants.allows("c"));
     let lifetime = principal.expires_at - citas_realtime::auth::now_secs();

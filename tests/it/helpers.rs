@@ -163,13 +163,19 @@ pub struct TestApp {
 
 /// The configuration of a test server on `db_url`, on a free port.
 pub fn test_config(db_url: &str) -> Config {
-    Config::from_args(&ServeArgs {
+    config_with(db_url, |_| {})
+}
+
+/// [`test_config`] with some settings changed, as the command line or environment would.
+pub fn config_with(db_url: &str, change: impl FnOnce(&mut ServeArgs)) -> Config {
+    let mut args = ServeArgs {
         database_url: Some(db_url.to_string()),
         jwt_secret: Some(SECRET.to_string()),
         bind_addr: Some("127.0.0.1:0".to_string()),
         ..ServeArgs::default()
-    })
-    .expect("test config")
+    };
+    change(&mut args);
+    Config::from_args(&args).expect("test config")
 }
 
 /// Starts a server on `db` and waits until its listener is live.
@@ -251,6 +257,8 @@ impl Drop for TestApp {
 pub struct BinaryServer {
     pub addr: std::net::SocketAddr,
     child: std::process::Child,
+    /// Where the server's log (stderr) goes.
+    log: tempfile::NamedTempFile,
 }
 
 impl BinaryServer {
@@ -266,15 +274,21 @@ impl BinaryServer {
             .env("JWT_SECRET", SECRET)
             .env("BIND_ADDR", addr.to_string())
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .stdout(std::process::Stdio::null());
+        let log = tempfile::NamedTempFile::new().expect("a log file");
+        cmd.stderr(log.reopen().expect("the log file"));
         for (k, v) in envs {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("run the server binary");
-        let server = BinaryServer { addr, child };
+        let server = BinaryServer { addr, child, log };
         TestApp { addr, server: None }.wait_health(200).await;
         server
+    }
+
+    /// What the server logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// The server process's resident memory, KiB.

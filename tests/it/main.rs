@@ -12,6 +12,7 @@ mod properties;
 mod protocol;
 mod reliability;
 mod resilience;
+mod security;
 mod sql;
 mod stats;
 mod tls;
