@@ -136,7 +136,7 @@ impl Access {
         let Some((settings, pool)) = &self.hook else {
             return Ok(false);
         };
-        let key = (principal.claims.to_string(), negocio.to_string());
+        let key = (cache_key(&principal.claims), negocio.to_string());
         if let Some((answer, at)) = self.lock().get(&key) {
             if at.elapsed() < settings.cache_ttl {
                 return Ok(*answer);
@@ -173,6 +173,21 @@ impl Access {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (bool, Instant)>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The claims that identify who is asking: without the ones that change with every token issued
+/// (`exp`, `iat`, `nbf`, `jti`), so a refreshed token or a second tab finds the cached answer.
+fn cache_key(claims: &serde_json::Value) -> String {
+    match claims.as_object() {
+        Some(map) => {
+            let mut map = map.clone();
+            for volatile in ["exp", "iat", "nbf", "jti"] {
+                map.remove(volatile);
+            }
+            serde_json::Value::Object(map).to_string()
+        }
+        None => claims.to_string(),
     }
 }
 

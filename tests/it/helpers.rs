@@ -315,8 +315,9 @@ pub fn token(claims: Value) -> String {
     mint_token(&Secret::new(SECRET), claims, Duration::from_secs(3600)).expect("mint token")
 }
 
-/// A WebSocket client that speaks JSON. Statistics snapshots (`estadisticas`) are set aside in
-/// `snapshots` unless `keep_stats` is set, so tests about events read events.
+/// A WebSocket client that speaks JSON. Statistics snapshots (`estadisticas`, and
+/// `stats_unavailable` errors) are set aside in `snapshots` unless `keep_stats` is set, so tests
+/// about events read events.
 pub struct Ws {
     pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub keep_stats: bool,
@@ -354,7 +355,11 @@ impl Ws {
             match msg {
                 Message::Text(text) => {
                     let value: Value = serde_json::from_str(&text).expect("server sent JSON");
-                    if value["type"] == "estadisticas" && !self.keep_stats {
+                    // Statistics, and their failures (a test that stops PostgreSQL may catch
+                    // a snapshot query in flight), belong to the statistics tests.
+                    let stats =
+                        value["type"] == "estadisticas" || value["code"] == "stats_unavailable";
+                    if stats && !self.keep_stats {
                         self.snapshots.push(value);
                         continue;
                     }

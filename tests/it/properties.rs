@@ -1,7 +1,9 @@
-//! Property tests: no input from a socket or a token's claims makes the parsers panic, and
-//! what they accept is well-formed.
+//! Property tests: no input from a socket, a token's claims or a NOTIFY payload makes the
+//! parsers panic, and what they accept is well-formed.
 
+use citas_realtime::access::FunctionName;
 use citas_realtime::auth::{grants_from_claims, Grants};
+use citas_realtime::event::Announcement;
 use citas_realtime::protocol::{negocio_of, parse, ClientMessage, MAX_NEGOCIO_ID_LEN};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -25,6 +27,9 @@ fn json_value() -> impl Strategy<Value = Value> {
                     Just("negocio_ids".to_string()),
                     Just("app_metadata".to_string()),
                     Just("role".to_string()),
+                    Just("first_seq".to_string()),
+                    Just("last_seq".to_string()),
+                    Just("count".to_string()),
                     "[a-z]{1,6}"
                 ],
                 inner,
@@ -61,6 +66,31 @@ proptest! {
         match grants_from_claims(&claims) {
             Grants::All => prop_assert!(claims.to_string().contains("service_role")),
             Grants::Negocios(set) => prop_assert!(set.iter().all(|n| !n.is_empty())),
+        }
+    }
+
+    #[test]
+    fn any_notify_payload_parses_or_is_refused(text in ".{0,200}") {
+        let _ = Announcement::parse(&text);
+    }
+
+    #[test]
+    fn accepted_announcements_are_consistent(value in json_value(), first in 1i64..1_000_000, span in 0i64..1000) {
+        let _ = Announcement::parse(&value.to_string());
+        let payload = serde_json::json!({
+            "first_seq": first, "last_seq": first + span, "count": span + 1,
+            "negocio_id": value.as_str(), "action": null,
+        });
+        let a = Announcement::parse(&payload.to_string());
+        prop_assert!(a.is_ok_and(|a| a.first_seq <= a.last_seq && a.count >= 1));
+    }
+
+    #[test]
+    fn accepted_function_names_cannot_inject(text in ".{0,80}") {
+        if let Ok(name) = FunctionName::parse(&text) {
+            let sql = name.call_sql();
+            prop_assert!(!sql.contains(';') && sql.matches('"').count() % 2 == 0);
+            prop_assert!(text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.' || c.is_whitespace()));
         }
     }
 }
