@@ -220,6 +220,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CLIENT_MESSAGE_RATE")]
     pub client_message_rate: Option<String>,
 
+    /// The live dashboard page at GET /: `on` or `off` [default: on].
+    #[arg(long, env = "DASHBOARD")]
+    pub dashboard: Option<String>,
+
     /// Messages a client may send at once above the sustained rate [default: 200].
     #[arg(long, env = "CLIENT_MESSAGE_BURST")]
     pub client_message_burst: Option<String>,
@@ -234,4 +238,8 @@ pub struct DemoArgs {
     /// Write a random change (insert, status change, update or delete) every second.
     #[arg(long)]
     pub simulate: bool,
+
+    /// Sign the demo's tokens with this secret [default: a random one].
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
 }

@@ -73,6 +73,8 @@ pub struct Config {
     /// `None`: statistics are off (`STATS=off`).
     pub stats: Option<StatsSettings>,
     pub limits: Limits,
+    /// Serve the dashboard page at `GET /`.
+    pub dashboard: bool,
 }
 
 /// Where the JWKS comes from and how often an unknown `kid` may refetch it.
@@ -258,7 +260,18 @@ impl Config {
                 .as_secs(),
             },
         };
+        let dashboard = match non_empty(&args.dashboard) {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "DASHBOARD",
+                    reason: format!("'{other}' is not on or off"),
+                })
+            }
+        };
         Ok(Config {
+            dashboard,
             database,
             jwt_secret,
             jwks,

@@ -33,7 +33,12 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> 
     client.batch_execute(sql::INSTALL).await?;
     seed(&client).await?;
 
-    let secret = Secret::new(random_secret());
+    let secret = Secret::new(
+        args.jwt_secret
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(random_secret),
+    );
     let config = Config::from_args(&ServeArgs {
         database_url: Some(url.clone()),
         jwt_secret: Some(secret.expose().to_string()),
@@ -53,6 +58,7 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> 
             Duration::from_secs(24 * 3600),
         )?;
         println!("\n  token for {negocio} (24 h):\n    {token}");
+        println!("  dashboard: http://{addr}/#negocio={negocio}&token={token}");
         println!("  connect and subscribe (with websocat):");
         println!("    websocat 'ws://{addr}/ws?token={token}'");
         println!("    {{\"type\":\"subscribe\",\"channel\":\"estadisticas:{negocio}\"}}");

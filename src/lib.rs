@@ -35,6 +35,7 @@
 //!   resuming with `since`.
 //! * [`metrics`]: `GET /metrics` (Prometheus text), mirrored from the counters above.
 //! * [`server`]: HTTP routes (`/ws`, `POST /notify/cita`, `/health`, `/metrics`), binding, startup and graceful shutdown of every task.
+//! * [`web`]: the dashboard page at `GET /`, embedded (it uses the bundled TypeScript client).
 //! * [`pgtemp`]: a private, throw-away PostgreSQL cluster for the demo and the tests.
 //! * [`demo`]: `citas-realtime demo`.
 //! * [`admin`]: `citas-realtime token` and `citas-realtime sql print|install|uninstall`.
@@ -60,4 +61,5 @@ pub mod retention;
 pub mod server;
 pub mod sql;
 pub mod stats;
+pub mod web;
 pub mod ws;

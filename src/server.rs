@@ -1,7 +1,7 @@
 //! HTTP routes, binding, startup and graceful shutdown of every task.
 //!
 //! Routes: `GET /ws` (token verified *before* any upgrade), `POST /notify/cita` (service tokens
-//! only), `GET /health`, `GET /metrics`;
+//! only), `GET /health`, `GET /metrics`, and the dashboard page (`GET /`, `GET /assets/...`);
 //! anything else is a JSON 404/405. [`start`] returns a [`RunningServer`] with the address actually bound, which is
 //! what the tests and the demo use; `main` runs one until SIGTERM or Ctrl-C.
 
@@ -121,6 +121,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         status.clone(),
         metrics,
         Arc::new(config.limits.clone()),
+        config.dashboard,
     );
     let http = tokio::spawn(
         warp::serve(routes)
@@ -192,6 +193,7 @@ fn routes(
     status: Arc<ListenerStatus>,
     metrics: Arc<crate::metrics::Metrics>,
     limits: Arc<Limits>,
+    dashboard: bool,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let hub = ctx.hub.clone();
     let stats = ctx.stats.clone();
@@ -248,9 +250,21 @@ fn routes(
         );
         response
     });
+    let page = warp::any()
+        .and_then(move || async move {
+            if dashboard {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+        .and(crate::web::routes());
     ws.or(notify)
         .unify()
         .or(health)
+        .unify()
+        .or(page)
         .unify()
         .or(metrics)
         .unify()

@@ -98,13 +98,20 @@ impl Stats {
         self.queries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The listener published events for these negocios.
+    /// The listener published events for these negocios (`""`: a truncate, every negocio).
+    /// Their cached snapshots are dropped; those with subscribers are queried next window.
     pub fn mark_dirty(&self, negocios: Vec<String>) {
         if negocios.is_empty() {
             return;
         }
         let mut state = self.state();
         for negocio in negocios {
+            if negocio.is_empty() {
+                state.cache.clear();
+                let subscribed = self.hub.with_stats_subscribers(None);
+                state.dirty.extend(subscribed);
+                continue;
+            }
             state.cache.remove(&negocio);
             state.dirty.insert(negocio);
         }

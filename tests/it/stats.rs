@@ -284,3 +284,35 @@ async fn a_redefined_function_is_used_at_once_and_a_failing_one_is_an_error() {
         "the event did not wait for the statistics: {event_at:?}"
     );
 }
+
+/// A negocio written while nobody watched it: its next subscriber gets today's figures, not the
+/// snapshot cached before the write (found by the dashboard's browser test: a page that lost
+/// its connection came back to a stale chart).
+#[tokio::test]
+async fn a_snapshot_cached_before_unwatched_writes_is_not_served() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut first = stats_client(&app, "u", json!({})).await;
+    assert_eq!(first.expect("estadisticas").await["data"]["total"], 0);
+    drop(first);
+    let deadline = Instant::now() + DEADLINE;
+    while app.wait_health(200).await["subscriptions"] != 0 {
+        assert!(Instant::now() < deadline, "the subscription did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.execute("insert into citas (negocio_id) values ('u')")
+        .await;
+    let seq: i64 = db
+        .scalar("select max(seq) from citas_realtime.events")
+        .await;
+    while app.wait_health(200).await["last_seq"].as_i64() < Some(seq) {
+        assert!(
+            Instant::now() < deadline,
+            "the listener did not read the write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut second = stats_client(&app, "u", json!({})).await;
+    let snapshot = second.expect("estadisticas").await;
+    assert_eq!(snapshot["data"]["total"], 1, "{snapshot}");
+}
