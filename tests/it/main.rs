@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod dashboard;
 mod dba;
 mod delivery;
 mod demo;
