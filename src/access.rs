@@ -5,10 +5,10 @@
 //! function a DBA defines (`CAN_SUBSCRIBE_FUNCTION`, for example
 //! `citas_realtime.can_subscribe(claims jsonb, negocio_id text) returns boolean`): when the
 //! claims do not grant a negocio, the server asks the function, with the token's claims and the
-//! negocio id. `true` allows; `false`, `NULL` or an error refuses (an error is reported to the
+//! negocio id (the claims without `exp`, `iat`, `nbf` and `jti`). `true` allows; `false`, `NULL` or an error refuses (an error is reported to the
 //! client as `unavailable`, so it can try again).
 //!
-//! Answers are cached per (claims, negocio) for `CAN_SUBSCRIBE_CACHE` (default 10 s): a
+//! Answers are cached per (those claims, negocio) for `CAN_SUBSCRIBE_CACHE` (default 10 s): a
 //! dashboard reconnecting with many channels costs one query per channel, once. A revoked
 //! mapping therefore takes effect on the next subscribe after the cache entry expires; open
 //! subscriptions are not re-checked until the client sends a fresh token (`auth`).
@@ -136,7 +136,7 @@ impl Access {
         let Some((settings, pool)) = &self.hook else {
             return Ok(false);
         };
-        let key = (cache_key(&principal.claims), negocio.to_string());
+        let key = (principal.claims.to_string(), negocio.to_string());
         if let Some((answer, at)) = self.lock().get(&key) {
             if at.elapsed() < settings.cache_ttl {
                 return Ok(*answer);
@@ -173,21 +173,6 @@ impl Access {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (bool, Instant)>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The claims that identify who is asking: without the ones that change with every token issued
-/// (`exp`, `iat`, `nbf`, `jti`), so a refreshed token or a second tab finds the cached answer.
-fn cache_key(claims: &serde_json::Value) -> String {
-    match claims.as_object() {
-        Some(map) => {
-            let mut map = map.clone();
-            for volatile in ["exp", "iat", "nbf", "jti"] {
-                map.remove(volatile);
-            }
-            serde_json::Value::Object(map).to_string()
-        }
-        None => claims.to_string(),
     }
 }
 

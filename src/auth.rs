@@ -97,8 +97,10 @@ pub struct Principal {
     pub grants: Grants,
     /// `exp`, in seconds since the Unix epoch.
     pub expires_at: u64,
-    /// Every claim, for the optional SQL access check ([`crate::access`]).
-    pub claims: Arc<Value>,
+    /// The claims as JSON text, without those that change with every token issued (`exp`,
+    /// `iat`, `nbf`, `jti`): what the optional SQL access check ([`crate::access`]) is asked
+    /// with and caches by. Text, not a parsed map, because every connection holds one.
+    pub claims: Arc<str>,
 }
 
 /// Verifies tokens; built once from the configuration and shared.
@@ -219,8 +221,21 @@ impl Verifier {
             subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
             grants: grants_from_claims(&claims),
             expires_at,
-            claims: Arc::new(claims),
+            claims: identity_claims(claims).into(),
         })
+    }
+}
+
+/// The claims without `exp`, `iat`, `nbf` and `jti`, as JSON text.
+fn identity_claims(claims: Value) -> String {
+    match claims {
+        Value::Object(mut map) => {
+            for volatile in ["exp", "iat", "nbf", "jti"] {
+                map.remove(volatile);
+            }
+            Value::Object(map).to_string()
+        }
+        other => other.to_string(),
     }
 }
 

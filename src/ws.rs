@@ -319,7 +319,10 @@ where
             }
             sink.flush().await
         };
+        // Biased, the write first: it almost always completes at once, and then the kick
+        // future is never polled (polling it registers a waiter).
         tokio::select! {
+            biased;
             result = tokio::time::timeout(WRITE_TIMEOUT, io) => match result {
                 Ok(Ok(())) => Written::Ok,
                 Ok(Err(tokio_tungstenite::tungstenite::Error::WriteBufferFull(_))) | Err(_) => Written::Slow,

@@ -512,7 +512,13 @@ async fn client(
     )
     .unwrap_or_default();
     let url = format!("ws://{server}/ws?token={token}");
-    let Ok((mut ws, _)) = tokio_tungstenite::client_async(url, stream).await else {
+    // tungstenite's default 128 KiB read buffer is zero-filled before every read: with it,
+    // memset was half of this generator's CPU (perf), starving the server it measures.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024);
+    let Ok((mut ws, _)) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await
+    else {
         return result;
     };
     let sub =
