@@ -197,3 +197,76 @@ fn check_names_an_unreachable_database() {
         "{stdout}"
     );
 }
+
+/// `check` with JWKS keys and the SQL access hook: the keys are loaded and counted, and a hook
+/// function that is missing is a failure that says what to do.
+#[tokio::test]
+async fn check_reports_jwks_keys_and_the_access_hook() {
+    let db = crate::helpers::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    // A P-256 public key (RFC 7515's example), published without alg: ES256 by its curve.
+    std::fs::write(
+        &jwks,
+        r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1",
+            "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#,
+    )
+    .unwrap();
+    let (url, path) = (db.url.clone(), jwks.display().to_string());
+    let (code, stdout, _) = tokio::task::spawn_blocking(move || {
+        run_with(
+            &[
+                ("DATABASE_URL", &url),
+                ("JWT_JWKS_URL", &path),
+                ("CAN_SUBSCRIBE_FUNCTION", "citas_realtime.can_subscribe"),
+            ],
+            &["check"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("ok   jwks:") && l.contains("1 signing key")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("ok   jwt:")),
+        "JWKS alone is a valid setup: {stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL access:") && l.contains("does not exist")),
+        "{stdout}"
+    );
+
+    db.client
+        .batch_execute(
+            "create function citas_realtime.can_subscribe(claims jsonb, negocio_id text)
+             returns boolean language sql as $$ select false $$",
+        )
+        .await
+        .unwrap();
+    let (url, path) = (db.url.clone(), jwks.display().to_string());
+    let (code, stdout, _) = tokio::task::spawn_blocking(move || {
+        run_with(
+            &[
+                ("DATABASE_URL", &url),
+                ("JWT_JWKS_URL", &path),
+                ("CAN_SUBSCRIBE_FUNCTION", "citas_realtime.can_subscribe"),
+            ],
+            &["check"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        stdout.lines().any(|l| l.starts_with("ok   access:")),
+        "{stdout}"
+    );
+    assert_eq!(code, Some(0), "{stdout}");
+}
