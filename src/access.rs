@@ -14,11 +14,12 @@
 //! subscriptions are not re-checked until the client sends a fresh token (`auth`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::Principal;
 use crate::db::with_causes;
+use crate::metrics::SecurityCounters;
 
 /// Default lifetime of a cached answer.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
@@ -107,6 +108,7 @@ pub struct Unavailable(String);
 /// Decides subscriptions; shared by every connection.
 pub struct Access {
     hook: Option<(HookSettings, deadpool_postgres::Pool)>,
+    counters: Arc<SecurityCounters>,
     /// (claims as JSON text, negocio) -> (answer, when asked). A plain mutex: held for a map
     /// lookup or insert only, never across an await.
     cache: Mutex<HashMap<(String, String), (bool, Instant)>>,
@@ -121,9 +123,14 @@ impl std::fmt::Debug for Access {
 }
 
 impl Access {
-    pub fn new(hook: Option<HookSettings>, pool: deadpool_postgres::Pool) -> Access {
+    pub fn new(
+        hook: Option<HookSettings>,
+        pool: deadpool_postgres::Pool,
+        counters: Arc<SecurityCounters>,
+    ) -> Access {
         Access {
             hook: hook.map(|h| (h, pool)),
+            counters,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -142,6 +149,7 @@ impl Access {
                 return Ok(*answer);
             }
         }
+        self.counters.access_checks.inc();
         let answer = tokio::time::timeout(CHECK_TIMEOUT, async {
             let client = pool.get().await.map_err(|e| with_causes(&e))?;
             let statement = client
@@ -160,6 +168,7 @@ impl Access {
         .map_err(|_| "timed out".to_string())
         .and_then(|r| r)
         .map_err(|reason| {
+            self.counters.access_failures.inc();
             tracing::warn!(function = %settings.function, reason, "access check failed");
             Unavailable(reason)
         })?;

@@ -14,6 +14,46 @@ use crate::hub::Hub;
 use crate::listener::ListenerStatus;
 use crate::stats::Stats;
 
+/// Counters of the security paths, bumped where they happen (cheap atomics) and registered
+/// with the scrape registry as they are.
+#[derive(Debug)]
+pub struct SecurityCounters {
+    /// Clients closed with 1008 for sending too many messages.
+    pub rate_limited: IntCounter,
+    /// Events recorded through `POST /notify/cita`.
+    pub notify_events: IntCounter,
+    /// Queries of the SQL access hook (cache misses), and those that failed.
+    pub access_checks: IntCounter,
+    pub access_failures: IntCounter,
+}
+
+impl Default for SecurityCounters {
+    fn default() -> Self {
+        // Fixed, valid names: creation cannot fail.
+        let counter = |name: &str, help: &str| {
+            IntCounter::new(name, help).unwrap_or_else(|_| unreachable!("valid counter options"))
+        };
+        SecurityCounters {
+            rate_limited: counter(
+                "citas_realtime_rate_limited_total",
+                "Clients closed with 1008 for exceeding CLIENT_MESSAGE_RATE",
+            ),
+            notify_events: counter(
+                "citas_realtime_notify_events_total",
+                "Events recorded through POST /notify/cita",
+            ),
+            access_checks: counter(
+                "citas_realtime_access_checks_total",
+                "Calls of CAN_SUBSCRIBE_FUNCTION (answers not found in the cache)",
+            ),
+            access_failures: counter(
+                "citas_realtime_access_check_failures_total",
+                "Calls of CAN_SUBSCRIBE_FUNCTION that failed or timed out",
+            ),
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     hub: Arc<Hub>,
@@ -36,6 +76,7 @@ impl Metrics {
         hub: Arc<Hub>,
         status: Arc<ListenerStatus>,
         stats: Option<Arc<Stats>>,
+        security: &SecurityCounters,
     ) -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
@@ -86,6 +127,14 @@ impl Metrics {
             registry,
         };
         m.registry.register(Box::new(m.status.lag.clone()))?;
+        for c in [
+            &security.rate_limited,
+            &security.notify_events,
+            &security.access_checks,
+            &security.access_failures,
+        ] {
+            m.registry.register(Box::new(c.clone()))?;
+        }
         m.registry
             .register(Box::new(m.status.unrecognised.clone()))?;
         Ok(m)

@@ -30,6 +30,7 @@ use crate::hub::Hub;
 use crate::hub::Refused;
 use crate::jwks::Jwks;
 use crate::listener::{Listener, ListenerStatus};
+use crate::metrics::SecurityCounters;
 use crate::ws::{self, WsContext};
 
 /// Pending connections the kernel queues for us. warp's own bind uses 128, which makes a storm
@@ -89,12 +90,18 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let stats_task = stats
         .clone()
         .map(|engine| tokio::spawn(engine.run(shutdown.clone())));
-    let access = Arc::new(Access::new(config.access_hook.clone(), pool.clone()));
+    let security = Arc::new(SecurityCounters::default());
+    let access = Arc::new(Access::new(
+        config.access_hook.clone(),
+        pool.clone(),
+        security.clone(),
+    ));
     let ctx = WsContext {
         verifier: verifier.clone(),
         access,
         max_subscriptions: config.limits.max_subscriptions,
         message_quota: config.limits.message_quota(),
+        security: security.clone(),
         stats: stats.clone(),
         hub: hub.clone(),
         queue_capacity: config.client_queue_capacity,
@@ -112,7 +119,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     );
     let listener = tokio::spawn(listener.run());
     let metrics = Arc::new(
-        crate::metrics::Metrics::new(hub.clone(), status.clone(), stats.clone())
+        crate::metrics::Metrics::new(hub.clone(), status.clone(), stats.clone(), &security)
             .context("cannot set up metrics")?,
     );
     let routes = routes(
@@ -219,8 +226,9 @@ fn routes(
         .and(warp::body::content_length_limit(NOTIFY_BODY_LIMIT))
         .and(warp::body::bytes())
         .then(move |headers: HeaderMap, body: bytes::Bytes| {
-            let (pool, verifier) = (ctx.pool.clone(), verifier.clone());
-            async move { notify_cita(&pool, &verifier, &headers, &body).await }
+            let (pool, verifier, security) =
+                (ctx.pool.clone(), verifier.clone(), ctx.security.clone());
+            async move { notify_cita(&pool, &verifier, &security, &headers, &body).await }
         });
     let health = warp::path!("health").and(warp::get()).map(move || {
         let connected = status.is_connected();
@@ -410,6 +418,7 @@ const NOTIFY_BODY_LIMIT: u64 = 16 * 1024;
 async fn notify_cita(
     pool: &deadpool_postgres::Pool,
     verifier: &Verifier,
+    security: &SecurityCounters,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
@@ -461,10 +470,13 @@ async fn notify_cita(
     }
     .await;
     match result {
-        Ok(seq) => json_response(
-            StatusCode::OK,
-            &serde_json::json!({"status": "notificación recibida", "seq": seq}),
-        ),
+        Ok(seq) => {
+            security.notify_events.inc();
+            json_response(
+                StatusCode::OK,
+                &serde_json::json!({"status": "notificación recibida", "seq": seq}),
+            )
+        }
         Err(reason) => {
             tracing::warn!(reason, "POST /notify/cita could not write the event");
             error_response(

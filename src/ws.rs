@@ -89,6 +89,7 @@ pub struct WsContext {
     pub max_subscriptions: usize,
     /// Messages a client may send: a sustained rate and a burst.
     pub message_quota: governor::Quota,
+    pub security: Arc<crate::metrics::SecurityCounters>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -237,6 +238,7 @@ where
                 let data = matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_))));
                 if data && limiter.check().is_err() {
                     tracing::debug!(conn = conn.me.id, "client exceeded its message rate");
+                    conn.ctx.security.rate_limited.inc();
                     Flow::Close(Some(close_frame(
                         CloseCode::Policy,
                         "too many messages: slow down",

@@ -141,6 +141,20 @@ impl JwksServer {
     }
 }
 
+/// One value from `GET /metrics`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
 /// The status of a WebSocket handshake with `token`: 101 when upgraded.
 async fn handshake(app: &TestApp, token: &str) -> (u16, Value) {
     let request = format!("ws://{}/ws?token={token}", app.addr)
@@ -370,6 +384,14 @@ async fn the_sql_hook_grants_subscriptions_and_is_cached() {
     again.subscribe("h2").await;
     let calls: i64 = db.scalar("select count(*) from hook_calls").await;
     assert_eq!(calls, 3);
+    assert_eq!(
+        metric(&app, "citas_realtime_access_checks_total").await,
+        4.0
+    );
+    assert_eq!(
+        metric(&app, "citas_realtime_access_check_failures_total").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -404,6 +426,7 @@ async fn a_client_flooding_messages_is_closed_with_1008() {
         }
     }
     assert_eq!(flood.closed().await, Some(CloseCode::Policy));
+    assert_eq!(metric(&app, "citas_realtime_rate_limited_total").await, 1.0);
     // The polite client is not affected.
     polite.send(json!({"type": "ping"})).await;
     polite.expect("pong").await;
@@ -480,6 +503,10 @@ async fn the_notify_endpoint_answers_401_403_400_and_delivers_through_the_log() 
     assert_eq!(event["data"]["cita_id"], "9");
     assert_eq!(event["data"]["estado"], "confirmada");
 
+    assert_eq!(
+        metric(&app, "citas_realtime_notify_events_total").await,
+        2.0
+    );
     let wrong_method = reqwest::get(app.url("/notify/cita")).await.unwrap();
     assert_eq!(wrong_method.status().as_u16(), 405);
 }
