@@ -508,6 +508,13 @@ async fn rejection(rejection: Rejection) -> Result<Response, Infallible> {
         error_response(StatusCode::NOT_FOUND, "not found")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        error_response(StatusCode::PAYLOAD_TOO_LARGE, "body too large")
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        error_response(
+            StatusCode::LENGTH_REQUIRED,
+            "a Content-Length header is required",
+        )
     } else {
         tracing::debug!(?rejection, "request rejected");
         error_response(StatusCode::BAD_REQUEST, "bad request")
