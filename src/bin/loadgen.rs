@@ -51,6 +51,10 @@ struct Args {
     /// Source addresses 127.0.0.1 .. 127.0.0.N, to pass the ephemeral-port limit.
     #[arg(long, default_value_t = 16)]
     source_addrs: u8,
+    /// Statistics on: the server computes and pushes `estadisticas` snapshots, and every
+    /// client asks for them (default: off, events only).
+    #[arg(long)]
+    stats: bool,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     json: Option<String>,
@@ -85,7 +89,7 @@ async fn serve() -> anyhow::Result<()> {
         jwt_secret: std::env::var("JWT_SECRET").ok(),
         bind_addr: std::env::var("BIND_ADDR").ok(),
         client_queue_capacity: std::env::var("CLIENT_QUEUE_CAPACITY").ok(),
-        stats: Some("off".into()),
+        stats: std::env::var("STATS").ok(),
         ..Default::default()
     };
     let config = citas_realtime::config::Config::from_args(&args)?;
@@ -171,6 +175,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .env("JWT_SECRET", SECRET)
         .env("BIND_ADDR", server_addr.to_string())
         .env("CLIENT_QUEUE_CAPACITY", "65536")
+        .env("STATS", if args.stats { "on" } else { "off" })
         .env("RUST_LOG", "warn")
         .spawn()?;
     let server_pid = server.id();
@@ -209,8 +214,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let ready = ready_tx.clone();
         let stop = stop.clone();
         let counter = counter.clone();
+        let stats = args.stats;
         handles.push(tokio::spawn(async move {
-            client(server_addr, source, negocio, clock, ready, stop, counter).await
+            client(
+                server_addr,
+                source,
+                negocio,
+                stats,
+                clock,
+                ready,
+                stop,
+                counter,
+            )
+            .await
         }));
     }
     drop(ready_tx);
@@ -321,6 +337,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         postgres_cpu_secs(),
     );
     let rss_end = rss_kib(server_pid);
+    let stats_queries = if args.stats {
+        health(server_addr)
+            .await
+            .and_then(|h| h["stats_queries"].as_u64())
+    } else {
+        None
+    };
 
     // Figures.
     let mut latencies: Vec<u64> = Vec::new();
@@ -328,8 +351,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut duplicates = 0u64;
     let mut last_arrival = 0u64;
     let mut per_write_max: std::collections::HashMap<u64, u64> = Default::default();
+    let mut snapshots = 0u64;
     for r in &results {
         received += r.received;
+        snapshots += r.snapshots;
         duplicates += r.duplicates;
         last_arrival = last_arrival.max(r.last_arrival_us);
         for &(index, lat) in &r.samples {
@@ -372,6 +397,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     "cpu_cores": (cpu1.0 - cpu0.0) / wall},
         "loadgen_cpu_cores": (cpu1.1 - cpu0.1) / wall,
         "postgres_cpu_cores": (cpu1.2 - cpu0.2) / wall,
+        "stats": if args.stats { json!({"snapshots_received": snapshots, "queries": stats_queries}) } else { Value::Null },
     });
     print_table(&figures);
     if let Some(path) = &args.json {
@@ -443,7 +469,24 @@ fn print_table(f: &Value) {
         f["postgres_cpu_cores"].as_f64().unwrap_or(0.0),
         f["loadgen_cpu_cores"].as_f64().unwrap_or(0.0)
     );
+    if let Some(stats) = f["stats"].as_object() {
+        println!(
+            "statistics                 {} snapshots received, {} queries",
+            stats["snapshots_received"], stats["queries"]
+        );
+    }
     println!("----------------------------------------------------------------");
+}
+
+/// The server's `/health` body.
+async fn health(addr: SocketAddr) -> Option<Value> {
+    let body = reqwest::get(format!("http://{addr}/health"))
+        .await
+        .ok()?
+        .bytes()
+        .await
+        .ok()?;
+    serde_json::from_slice(&body).ok()
 }
 
 async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
@@ -466,6 +509,8 @@ async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
 #[derive(Default)]
 struct ClientResult {
     received: u64,
+    /// Statistics snapshots received (`--stats`).
+    snapshots: u64,
     duplicates: u64,
     last_arrival_us: u64,
     /// (write index, latency µs)
@@ -490,6 +535,7 @@ async fn client(
     server: SocketAddr,
     source: IpAddr,
     negocio: String,
+    stats: bool,
     clock: Arc<Clock>,
     ready: tokio::sync::mpsc::Sender<()>,
     stop: tokio_util::sync::CancellationToken,
@@ -522,7 +568,7 @@ async fn client(
         return result;
     };
     let sub =
-        json!({"type": "subscribe", "channel": format!("estadisticas:{negocio}"), "stats": false});
+        json!({"type": "subscribe", "channel": format!("estadisticas:{negocio}"), "stats": stats});
     if ws.send(Message::text(sub.to_string())).await.is_err() {
         return result;
     }
@@ -542,6 +588,7 @@ async fn client(
                     "subscribed" => {
                         let _ = ready.send(()).await;
                     }
+                    "estadisticas" => result.snapshots += 1,
                     t if t.starts_with("cita_") => {
                         result.received += 1;
                         counter.fetch_add(1, Ordering::Relaxed);
