@@ -531,16 +531,28 @@ async fn stop_when_done(counters: &[Arc<AtomicU64>], expect: &[u64], until: Inst
     }
 }
 
-async fn client(
+/// Who one client is: where it connects from and to, and what it subscribes to.
+struct ClientSpec {
     server: SocketAddr,
     source: IpAddr,
     negocio: String,
+    /// Ask for statistics snapshots.
     stats: bool,
+}
+
+async fn client(
+    spec: ClientSpec,
     clock: Arc<Clock>,
     ready: tokio::sync::mpsc::Sender<()>,
     stop: tokio_util::sync::CancellationToken,
     counter: Arc<AtomicU64>,
 ) -> ClientResult {
+    let ClientSpec {
+        server,
+        source,
+        negocio,
+        stats,
+    } = spec;
     let mut result = ClientResult::default();
     let socket = match TcpSocket::new_v4() {
         Ok(s) => s,
