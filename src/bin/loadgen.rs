@@ -214,19 +214,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let ready = ready_tx.clone();
         let stop = stop.clone();
         let counter = counter.clone();
-        let stats = args.stats;
+        let spec = ClientSpec {
+            server: server_addr,
+            source,
+            negocio,
+            stats: args.stats,
+        };
         handles.push(tokio::spawn(async move {
-            client(
-                server_addr,
-                source,
-                negocio,
-                stats,
-                clock,
-                ready,
-                stop,
-                counter,
-            )
-            .await
+            client(spec, clock, ready, stop, counter).await
         }));
     }
     drop(ready_tx);
