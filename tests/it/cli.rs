@@ -213,19 +213,25 @@ async fn check_reports_jwks_keys_and_the_access_hook() {
             "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#,
     )
     .unwrap();
-    let (url, path) = (db.url.clone(), jwks.display().to_string());
-    let (code, stdout, _) = tokio::task::spawn_blocking(move || {
-        run_with(
-            &[
-                ("DATABASE_URL", &url),
-                ("JWT_JWKS_URL", &path),
-                ("CAN_SUBSCRIBE_FUNCTION", "citas_realtime.can_subscribe"),
-            ],
-            &["check"],
-        )
-    })
-    .await
-    .unwrap();
+    let check = || {
+        let (url, path) = (db.url.clone(), jwks.display().to_string());
+        async move {
+            let (code, stdout, _) = tokio::task::spawn_blocking(move || {
+                run_with(
+                    &[
+                        ("DATABASE_URL", &url),
+                        ("JWT_JWKS_URL", &path),
+                        ("CAN_SUBSCRIBE_FUNCTION", "citas_realtime.can_subscribe"),
+                    ],
+                    &["check"],
+                )
+            })
+            .await
+            .unwrap();
+            (code, stdout)
+        }
+    };
+    let (code, stdout) = check().await;
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout
@@ -251,19 +257,7 @@ async fn check_reports_jwks_keys_and_the_access_hook() {
         )
         .await
         .unwrap();
-    let (url, path) = (db.url.clone(), jwks.display().to_string());
-    let (code, stdout, _) = tokio::task::spawn_blocking(move || {
-        run_with(
-            &[
-                ("DATABASE_URL", &url),
-                ("JWT_JWKS_URL", &path),
-                ("CAN_SUBSCRIBE_FUNCTION", "citas_realtime.can_subscribe"),
-            ],
-            &["check"],
-        )
-    })
-    .await
-    .unwrap();
+    let (code, stdout) = check().await;
     assert!(
         stdout.lines().any(|l| l.starts_with("ok   access:")),
         "{stdout}"
