@@ -222,14 +222,25 @@ fn routes(
         });
     let notify = warp::path!("notify" / "cita")
         .and(warp::post())
+        .and(
+            warp::query::<HashMap<String, String>>()
+                .or(warp::any().map(HashMap::new))
+                .unify(),
+        )
         .and(warp::header::headers_cloned())
         .and(warp::body::content_length_limit(NOTIFY_BODY_LIMIT))
         .and(warp::body::bytes())
-        .then(move |headers: HeaderMap, body: bytes::Bytes| {
-            let (pool, verifier, security) =
-                (ctx.pool.clone(), verifier.clone(), ctx.security.clone());
-            async move { notify_cita(&pool, &verifier, &security, &headers, &body).await }
-        });
+        .then(
+            move |query: HashMap<String, String>, headers: HeaderMap, body: bytes::Bytes| {
+                let (pool, verifier, security) =
+                    (ctx.pool.clone(), verifier.clone(), ctx.security.clone());
+                async move {
+                    // The header is the way; `?token=` is accepted as on /ws.
+                    let token = bearer(&headers).or(query.get("token").map(String::as_str));
+                    notify_cita(&pool, &verifier, &security, token, &body).await
+                }
+            },
+        );
     let health = warp::path!("health").and(warp::get()).map(move || {
         let connected = status.is_connected();
         let counts = hub.stats();
@@ -419,10 +430,10 @@ async fn notify_cita(
     pool: &deadpool_postgres::Pool,
     verifier: &Verifier,
     security: &SecurityCounters,
-    headers: &HeaderMap,
+    token: Option<&str>,
     body: &[u8],
 ) -> Response {
-    let principal = match bearer(headers) {
+    let principal = match token {
         Some(token) => match verifier.verify(token).await {
             Ok(principal) => principal,
             Err(error) => return unauthorized(&error),
