@@ -670,3 +670,41 @@ async fn tokens_and_secrets_never_reach_the_log() {
         );
     }
 }
+
+/// Anyone who may NOTIFY on the database can send junk on our channel: it is counted, logged,
+/// and changes nothing (delivery reads the log, never the payload).
+#[tokio::test]
+async fn foreign_notifications_are_counted_and_change_nothing() {
+    let db = TestDb::new().await;
+    let app = crate::helpers::spawn_app(&db.url).await;
+    let mut ws = app.subscriber(&["fn"]).await;
+    for payload in [
+        "",
+        "not json",
+        r#"{"first_seq": 99999999, "last_seq": 1, "count": 1}"#,
+        &"x".repeat(7000),
+    ] {
+        db.client
+            .execute("select pg_notify('citas_realtime', $1)", &[&payload])
+            .await
+            .unwrap();
+    }
+    db.execute("insert into citas (negocio_id) values ('fn')")
+        .await;
+    let event = ws.expect("cita_created").await;
+    let logged: i64 = db
+        .scalar("select max(seq) from citas_realtime.events")
+        .await;
+    assert_eq!(event["data"]["seq"], logged);
+    let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+    while metric(&app, "citas_realtime_unrecognised_notifications_total").await < 4.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "foreign payloads not counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Nothing but that one event reached the client.
+    ws.send(json!({"type": "ping"})).await;
+    ws.expect("pong").await;
+}
