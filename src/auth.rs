@@ -258,7 +258,8 @@ pub fn grants_from_claims(claims: &Value) -> Grants {
     Grants::Negocios(set)
 }
 
-fn id_text(v: &Value) -> Option<String> {
+/// An id given as a non-empty string or a number (bigint ids), as text.
+pub fn id_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

@@ -181,8 +181,8 @@ impl Config {
             1..=100,
             DEFAULT_DB_POOL_SIZE,
         )?;
-        let stats = match non_empty(&args.stats) {
-            None | Some("on") => Some(StatsSettings {
+        let stats = match switch(&args.stats, "STATS", true)? {
+            true => Some(StatsSettings {
                 interval: duration(
                     &args.stats_interval,
                     "STATS_INTERVAL",
@@ -197,13 +197,7 @@ impl Config {
                 )?,
                 concurrency: number(&args.stats_concurrency, "STATS_CONCURRENCY", 1..=64, 2)?,
             }),
-            Some("off") => None,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    var: "STATS",
-                    reason: format!("'{other}' is not on or off"),
-                })
-            }
+            false => None,
         };
         let limits = Limits {
             allowed_origins: non_empty(&args.allowed_origins)
@@ -260,16 +254,7 @@ impl Config {
                 .as_secs(),
             },
         };
-        let dashboard = match non_empty(&args.dashboard) {
-            None | Some("on") => true,
-            Some("off") => false,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    var: "DASHBOARD",
-                    reason: format!("'{other}' is not on or off"),
-                })
-            }
-        };
+        let dashboard = switch(&args.dashboard, "DASHBOARD", true)?;
         Ok(Config {
             dashboard,
             database,
@@ -306,6 +291,19 @@ fn number(
                 range.start(),
                 range.end()
             ),
+        }),
+    }
+}
+
+/// `on` or `off`.
+fn switch(value: &Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match non_empty(value) {
+        None => Ok(default),
+        Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(ConfigError::Invalid {
+            var,
+            reason: format!("'{other}' is not on or off"),
         }),
     }
 }

@@ -250,11 +250,9 @@ impl Hub {
     }
 
     /// Queues each event, in order, for every subscriber of its negocio, and records that the
-    /// listener has got to `position`. Returns the negocios that had subscribers (all of them
-    /// for a truncate): the ones whose statistics may have changed.
-    pub fn publish(&self, events: &[Event], position: LogPosition) -> Vec<String> {
+    /// listener has got to `position`.
+    pub fn publish(&self, events: &[Event], position: LogPosition) {
         let mut overflowed: Vec<(String, ConnId)> = Vec::new();
-        let mut touched: Vec<String> = Vec::new();
         let mut delivered = 0u64;
         {
             let channels = self.read();
@@ -276,18 +274,12 @@ impl Hub {
                             Some(id) => overflowed.push((negocio_id.clone(), id)),
                         }
                     }
-                    if touched.last() != Some(negocio_id) {
-                        touched.push(negocio_id.clone());
-                    }
                 }
             }
             *self.position.lock().unwrap_or_else(PoisonError::into_inner) = position;
         }
         self.delivered.fetch_add(delivered, Ordering::Relaxed);
         self.kick(overflowed);
-        touched.sort();
-        touched.dedup();
-        touched
     }
 
     /// Removes the subscriptions of connections whose queue overflowed (already kicked).

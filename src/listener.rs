@@ -349,13 +349,7 @@ impl Listener {
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
             self.hub.publish(&events, log.position());
             if let Some(stats) = &self.stats {
-                // Every negocio that changed, subscribed or not: a cached snapshot of a negocio
-                // nobody watches right now must not be served to its next subscriber.
-                let mut changed: Vec<String> =
-                    events.iter().map(|e| e.negocio_id.clone()).collect();
-                changed.sort();
-                changed.dedup();
-                stats.mark_dirty(changed);
+                stats.mark_dirty(&events);
             }
             if new_rows < READ_BATCH as usize {
                 return Ok(());

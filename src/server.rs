@@ -23,7 +23,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::access::Access;
-use crate::auth::{AuthError, Grants, Verifier};
+use crate::auth::{id_text, AuthError, Grants, Principal, Verifier};
 use crate::config::{Config, Limits};
 use crate::db::with_causes;
 use crate::hub::Hub;
@@ -235,9 +235,11 @@ fn routes(
                 let (pool, verifier, security) =
                     (ctx.pool.clone(), verifier.clone(), ctx.security.clone());
                 async move {
-                    // The header is the way; `?token=` is accepted as on /ws.
-                    let token = bearer(&headers).or(query.get("token").map(String::as_str));
-                    notify_cita(&pool, &verifier, &security, token, &body).await
+                    let principal = match authenticate(&verifier, &query, &headers).await {
+                        Ok(principal) => principal,
+                        Err(refusal) => return refusal,
+                    };
+                    notify_cita(&pool, &security, &principal, &body).await
                 }
             },
         );
@@ -300,16 +302,9 @@ async fn upgrade(
     headers: &HeaderMap,
     on_upgrade: Option<OnUpgrade>,
 ) -> Response {
-    let token = query
-        .get("token")
-        .map(String::as_str)
-        .or_else(|| bearer(headers));
-    let principal = match token {
-        Some(token) => match verifier.verify(token).await {
-            Ok(principal) => principal,
-            Err(error) => return unauthorized(&error),
-        },
-        None => return unauthorized(&AuthError::Missing),
+    let principal = match authenticate(verifier, query, headers).await {
+        Ok(principal) => principal,
+        Err(refusal) => return refusal,
     };
     if ctx.shutdown.is_cancelled() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
@@ -378,44 +373,39 @@ async fn upgrade(
     response
 }
 
-/// The token of an `Authorization: Bearer <jwt>` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+/// The request's token (`?token=`, what the Angular app sends, or `Authorization: Bearer`),
+/// verified; the 401 answer otherwise.
+async fn authenticate(
+    verifier: &Verifier,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Principal, Response> {
+    let bearer = || {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+    };
+    let token = query.get("token").map(String::as_str).or_else(bearer);
+    match token {
+        Some(token) => verifier.verify(token).await.map_err(|e| unauthorized(&e)),
+        None => Err(unauthorized(&AuthError::Missing)),
+    }
 }
 
 /// The body of `POST /notify/cita`, as the REST API of the old design sends it. `cita_id` and
-/// `estado` are optional extras.
+/// `estado` are optional extras; ids may be strings or numbers (bigint ids).
 #[derive(Debug, serde::Deserialize)]
 struct NotifyBody {
-    negocio_id: IdText,
+    negocio_id: serde_json::Value,
     action: String,
     #[serde(default)]
-    cita_id: Option<IdText>,
+    cita_id: Option<serde_json::Value>,
     #[serde(default)]
     estado: Option<String>,
-}
-
-/// An id sent as a string or a number (bigint ids).
-#[derive(Debug, serde::Deserialize)]
-#[serde(untagged)]
-enum IdText {
-    Text(String),
-    Number(serde_json::Number),
-}
-
-impl IdText {
-    fn into_text(self) -> String {
-        match self {
-            IdText::Text(text) => text,
-            IdText::Number(n) => n.to_string(),
-        }
-    }
 }
 
 /// The actions `POST /notify/cita` accepts.
@@ -428,20 +418,10 @@ const NOTIFY_BODY_LIMIT: u64 = 16 * 1024;
 /// (`citas_realtime.notify_cita`), so every instance, every resume and the statistics see it.
 async fn notify_cita(
     pool: &deadpool_postgres::Pool,
-    verifier: &Verifier,
     security: &SecurityCounters,
-    token: Option<&str>,
+    principal: &Principal,
     body: &[u8],
 ) -> Response {
-    let principal = match token {
-        Some(token) => match verifier.verify(token).await {
-            Ok(principal) => principal,
-            Err(error) => return unauthorized(&error),
-        },
-        None => {
-            return unauthorized(&AuthError::Missing);
-        }
-    };
     if principal.grants != Grants::All {
         return error_response(
             StatusCode::FORBIDDEN,
@@ -457,17 +437,21 @@ async fn notify_cita(
             )
         }
     };
-    let negocio_id = body.negocio_id.into_text();
-    if negocio_id.is_empty() || negocio_id.len() > crate::protocol::MAX_NEGOCIO_ID_LEN {
-        return error_response(StatusCode::BAD_REQUEST, "negocio_id must be 1 to 256 bytes");
-    }
+    let Some(negocio_id) =
+        id_text(&body.negocio_id).filter(|id| id.len() <= crate::protocol::MAX_NEGOCIO_ID_LEN)
+    else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "negocio_id must be a string of 1 to 256 bytes, or a number",
+        );
+    };
     if !NOTIFY_ACTIONS.contains(&body.action.as_str()) {
         return error_response(
             StatusCode::BAD_REQUEST,
             "action must be one of created, updated, deleted, status_changed",
         );
     }
-    let cita_id = body.cita_id.map(IdText::into_text);
+    let cita_id = body.cita_id.as_ref().and_then(id_text);
     let result = async {
         let client = pool.get().await.map_err(|e| with_causes(&e))?;
         let row = client

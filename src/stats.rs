@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::with_causes;
-use crate::event::{Outbound, CHANNEL_PREFIX};
+use crate::event::{Event, Outbound, CHANNEL_PREFIX};
 use crate::hub::{ConnId, Hub};
 use crate::protocol;
 
@@ -98,22 +98,25 @@ impl Stats {
         self.queries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The listener published events for these negocios (`""`: a truncate, every negocio).
-    /// Their cached snapshots are dropped; those with subscribers are queried next window.
-    pub fn mark_dirty(&self, negocios: Vec<String>) {
-        if negocios.is_empty() {
+    /// The listener read these events. Every negocio they touched, watched or not, loses its
+    /// cached snapshot (a negocio nobody watches now must not be served stale figures to its
+    /// next subscriber); those with subscribers are queried next window. A truncate (negocio
+    /// `""`) touches every negocio.
+    pub fn mark_dirty(&self, events: &[Event]) {
+        if events.is_empty() {
             return;
         }
         let mut state = self.state();
-        for negocio in negocios {
+        for event in events {
+            let negocio = event.negocio_id.as_str();
             if negocio.is_empty() {
                 state.cache.clear();
                 let subscribed = self.hub.with_stats_subscribers(None);
                 state.dirty.extend(subscribed);
-                continue;
+            } else if !state.dirty.contains(negocio) {
+                state.cache.remove(negocio);
+                state.dirty.insert(negocio.to_string());
             }
-            state.cache.remove(&negocio);
-            state.dirty.insert(negocio);
         }
         drop(state);
         self.wake.notify_one();

@@ -235,15 +235,15 @@ where
             }
             incoming = stream.next() => {
                 last_heard = Instant::now();
-                let data = matches!(incoming, Some(Ok(Message::Text(_) | Message::Binary(_))));
-                if data && limiter.check().is_err() {
-                    tracing::debug!(conn = conn.me.id, "client exceeded its message rate");
-                    conn.ctx.security.rate_limited.inc();
-                    Flow::Close(Some(close_frame(
-                        CloseCode::Policy,
-                        "too many messages: slow down",
-                    )))
-                } else { match incoming {
+                match incoming {
+                    Some(Ok(Message::Text(_) | Message::Binary(_))) if limiter.check().is_err() => {
+                        tracing::debug!(conn = conn.me.id, "client exceeded its message rate");
+                        conn.ctx.security.rate_limited.inc();
+                        Flow::Close(Some(close_frame(
+                            CloseCode::Policy,
+                            "too many messages: slow down",
+                        )))
+                    }
                     Some(Ok(Message::Text(text))) => {
                         let flow = conn.handle(text.as_str()).await;
                         // An `auth` may have moved the deadline.
@@ -268,7 +268,7 @@ where
                         tracing::debug!(conn = conn.me.id, %error, "client read failed");
                         Flow::Close(None)
                     }
-                } }
+                }
             }
             n = frames.recv_many(&mut batch, WRITE_BATCH) => {
                 if n == 0 {
