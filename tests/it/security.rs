@@ -507,6 +507,38 @@ async fn the_notify_endpoint_answers_401_403_400_and_delivers_through_the_log() 
         metric(&app, "citas_realtime_notify_events_total").await,
         2.0
     );
+
+    // The token may also come as ?token=, as on /ws.
+    let by_query = reqwest::Client::new()
+        .post(format!("{}?token={service}", app.url("/notify/cita")))
+        .header("content-type", "application/json")
+        .body(good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_query.status().as_u16(), 200);
+    assert_eq!(
+        ws.expect("cita_updated").await["data"]["negocio_id"],
+        "rest"
+    );
+
+    // Bodies are bounded: over 16 KiB is 413; without Content-Length (chunked), 411.
+    let (code, _) = notify(&app, Some(&service), &" ".repeat(20_000)).await;
+    assert_eq!(code, 413, "an oversized body is refused before it is read");
+    let mut raw = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "POST /notify/cita HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {service}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut raw, request.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut raw, &mut answer)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
+
     let wrong_method = reqwest::get(app.url("/notify/cita")).await.unwrap();
     assert_eq!(wrong_method.status().as_u16(), 405);
 }

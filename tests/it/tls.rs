@@ -106,6 +106,12 @@ async fn tls_modes_against_a_tls_postgres() {
         error.to_string().to_lowercase().contains("certificate"),
         "unclear error: {error}"
     );
+    assert!(
+        error
+            .to_string()
+            .contains("add sslrootcert=<CA file> to DATABASE_URL"),
+        "the error says what to do: {error}"
+    );
 
     drop(ws);
     drop(app);
