@@ -12,12 +12,19 @@
 //! includes the writer's commit): each write's cita ids encode its index, so a client maps an
 //! event back to its write without any shared lookup. It prints a table and, with `--json`,
 //! writes the figures as JSON.
+//!
+//! With `--floor`, the same clients and writes run against a minimal fan-out that writes
+//! pre-encoded frames straight to the sockets (see `floor.rs`): what any server would pay on
+//! this machine, to compare the real server with.
+
+mod floor;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -55,12 +62,23 @@ struct Args {
     /// client asks for them (default: off, events only).
     #[arg(long)]
     stats: bool,
+    /// Instead of citas-realtime and PostgreSQL, serve the clients from a minimal fan-out that
+    /// writes pre-encoded frames straight to the sockets: this machine's floor (timed writes
+    /// only).
+    #[arg(long)]
+    floor: bool,
+    /// Threads writing the frames in `--floor` mode.
+    #[arg(long, default_value_t = 2)]
+    floor_threads: usize,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     json: Option<String>,
     /// Internal: run the server (DATABASE_URL, JWT_SECRET, BIND_ADDR from the environment).
     #[arg(long, hide = true)]
     serve: bool,
+    /// Internal: run the `--floor` fan-out (BIND_ADDR from the environment).
+    #[arg(long, hide = true)]
+    serve_floor: bool,
 }
 
 const SECRET: &str = "loadgen-secret-loadgen-secret-0123456789";
@@ -71,6 +89,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     if args.serve {
         return runtime.block_on(serve());
+    }
+    if args.serve_floor {
+        let bind: SocketAddr = std::env::var("BIND_ADDR")?.parse()?;
+        return runtime.block_on(floor::serve(bind, args.negocios, args.floor_threads));
     }
     runtime.block_on(run(args))
 }
@@ -156,30 +178,49 @@ struct Clock {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    println!("starting a private PostgreSQL ...");
-    let pg = tokio::task::spawn_blocking(citas_realtime::pgtemp::TempPostgres::start).await??;
-    let url = pg.url("postgres");
-    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    db.batch_execute(citas_realtime::sql::EXAMPLE_SCHEMA)
-        .await?;
-    db.batch_execute(citas_realtime::sql::INSTALL).await?;
-
+    anyhow::ensure!(
+        !args.floor
+            || (args.bulk_rows.is_none() && args.flood.is_none() && !args.idle && !args.stats),
+        "--floor measures timed writes only: drop --bulk-rows, --flood, --idle and --stats"
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let server_addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut server = std::process::Command::new(std::env::current_exe()?)
-        .arg("--serve")
-        .env("DATABASE_URL", &url)
-        .env("JWT_SECRET", SECRET)
-        .env("BIND_ADDR", server_addr.to_string())
-        .env("CLIENT_QUEUE_CAPACITY", "65536")
-        .env("STATS", if args.stats { "on" } else { "off" })
-        .env("RUST_LOG", "warn")
-        .spawn()?;
+    let (pg, db, url, mut server, control) = if args.floor {
+        println!(
+            "starting the floor fan-out ({} threads) ...",
+            args.floor_threads
+        );
+        let server = std::process::Command::new(std::env::current_exe()?)
+            .args(["--serve-floor", "--negocios", &args.negocios.to_string()])
+            .args(["--floor-threads", &args.floor_threads.to_string()])
+            .env("BIND_ADDR", server_addr.to_string())
+            .spawn()?;
+        let control = connect_control(server_addr).await?;
+        (None, None, String::new(), server, Some(control))
+    } else {
+        println!("starting a private PostgreSQL ...");
+        let pg = tokio::task::spawn_blocking(citas_realtime::pgtemp::TempPostgres::start).await??;
+        let url = pg.url("postgres");
+        let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        db.batch_execute(citas_realtime::sql::EXAMPLE_SCHEMA)
+            .await?;
+        db.batch_execute(citas_realtime::sql::INSTALL).await?;
+        let server = std::process::Command::new(std::env::current_exe()?)
+            .arg("--serve")
+            .env("DATABASE_URL", &url)
+            .env("JWT_SECRET", SECRET)
+            .env("BIND_ADDR", server_addr.to_string())
+            .env("CLIENT_QUEUE_CAPACITY", "65536")
+            .env("STATS", if args.stats { "on" } else { "off" })
+            .env("RUST_LOG", "warn")
+            .spawn()?;
+        wait_ready(server_addr).await?;
+        (Some(pg), Some(db), url, server, None)
+    };
     let server_pid = server.id();
-    wait_ready(server_addr).await?;
     let rss_start = rss_kib(server_pid);
 
     let writes = if let Some(rows) = args.bulk_rows {
@@ -244,9 +285,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let wall0 = Instant::now();
     let mut expected_per_negocio = vec![0u64; args.negocios];
-    if args.idle {
+    // Held to the end: closing it stops the floor fan-out.
+    let mut control = control;
+    if let Some(control) = control.as_mut() {
+        // The floor: the same pacing, but each write is a control message naming the event.
+        let pace = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+        let deadline = Instant::now() + Duration::from_secs(args.duration);
+        let start = Instant::now();
+        for i in 0..writes {
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep_until((start + pace.mul_f64(i as f64)).into()).await;
+            clock.started[i as usize]
+                .store(clock.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+            control.send(Message::text(i.to_string())).await?;
+            expected_per_negocio[(i % args.negocios as u64) as usize] += 1;
+        }
+    } else if args.idle {
         // nothing to write
     } else if let Some(rows) = args.bulk_rows {
+        let db = db.as_ref().context("PostgreSQL runs unless --floor")?;
         let now = clock.epoch.elapsed().as_micros() as u64;
         for c in clock.started.iter() {
             c.store(now, Ordering::Relaxed);
@@ -298,6 +357,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for t in tasks {
             t.await??;
         }
+        let db = db.as_ref().context("PostgreSQL runs unless --floor")?;
         let rows = db
             .query("select negocio_id, count(*) from citas group by 1", &[])
             .await?;
@@ -498,6 +558,25 @@ async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
         }
         anyhow::ensure!(Instant::now() < deadline, "the server did not get ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `--floor` fan-out's control connection, once it accepts one.
+async fn connect_control(
+    addr: SocketAddr,
+) -> anyhow::Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = format!("ws://{addr}{}", floor::CONTROL_PATH);
+    loop {
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((ws, _)) => return Ok(ws),
+            Err(error) if Instant::now() >= deadline => {
+                anyhow::bail!("the floor fan-out did not start: {error}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }
 
