@@ -89,46 +89,35 @@ struct Figures {
     commits_per_sec: f64,
 }
 
-async fn measure(client: &Client, a: &Args) -> Figures {
-    let (mut ins, mut upd, mut del) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..a.repeats {
-        ins.push(
-            timed(
-                client,
-                &format!(
-                    "insert into citas (negocio_id, cliente_id) \
-                     select 'n' || (g % 100), 'c' || g from generate_series(1, {}) g",
-                    a.rows
-                ),
-            )
-            .await,
-        );
-        upd.push(timed(client, "update citas set estado = 'confirmada'").await);
-        del.push(timed(client, "delete from citas").await);
-        client.batch_execute("vacuum citas").await.expect("vacuum");
-    }
+/// One round of the bulk statements: INSERT ... SELECT, UPDATE and DELETE of `rows` rows.
+async fn bulk_round(client: &Client, rows: u32) -> [Duration; 3] {
+    let insert = timed(
+        client,
+        &format!(
+            "insert into citas (negocio_id, cliente_id) \
+             select 'n' || (g % 100), 'c' || g from generate_series(1, {rows}) g"
+        ),
+    )
+    .await;
+    let update = timed(client, "update citas set estado = 'confirmada'").await;
+    let delete = timed(client, "delete from citas").await;
+    client.batch_execute("vacuum citas").await.expect("vacuum");
+    [insert, update, delete]
+}
+
+/// Single-row autocommit INSERTs for `slice`: how many committed, in how long.
+async fn commits_during(client: &Client, slice: Duration) -> (u64, Duration) {
     let statement = client
         .prepare("insert into citas (negocio_id) values ($1)")
         .await
         .expect("prepare");
-    let until = Instant::now() + Duration::from_secs(a.seconds);
     let start = Instant::now();
     let mut commits = 0u64;
-    while Instant::now() < until {
+    while start.elapsed() < slice {
         client.execute(&statement, &[&"n1"]).await.expect("insert");
         commits += 1;
     }
-    let commits_per_sec = commits as f64 / start.elapsed().as_secs_f64();
-    client
-        .batch_execute("truncate citas")
-        .await
-        .expect("truncate");
-    Figures {
-        insert: median(ins),
-        update: median(upd),
-        delete: median(del),
-        commits_per_sec,
-    }
+    (commits, start.elapsed())
 }
 
 #[tokio::main]
@@ -154,11 +143,37 @@ async fn main() {
     let (listener, drain) = listen(&with_url).await;
 
     println!(
-        "sql_overhead: {} rows per statement (median of {}), single-row commits for {} s",
+        "sql_overhead: {} rows per statement (median of {}), single-row commits for {} s each; \
+         the two databases alternate, so both see the same noise",
         a.rows, a.repeats, a.seconds
     );
-    let b = measure(&bare, &a).await;
-    let w = measure(&with, &a).await;
+    // Interleaved: this machine's speed drifts by tens of percent within minutes, so each
+    // round measures both databases back to back.
+    let (mut b_bulk, mut w_bulk) = (Vec::new(), Vec::new());
+    for _ in 0..a.repeats {
+        b_bulk.push(bulk_round(&bare, a.rows).await);
+        w_bulk.push(bulk_round(&with, a.rows).await);
+    }
+    let (mut b_commits, mut w_commits) = ((0u64, Duration::ZERO), (0u64, Duration::ZERO));
+    for _ in 0..a.seconds {
+        let (n, t) = commits_during(&bare, Duration::from_secs(1)).await;
+        b_commits = (b_commits.0 + n, b_commits.1 + t);
+        let (n, t) = commits_during(&with, Duration::from_secs(1)).await;
+        w_commits = (w_commits.0 + n, w_commits.1 + t);
+    }
+    let column = |rounds: &[[Duration; 3]], i: usize| median(rounds.iter().map(|r| r[i]).collect());
+    let b = Figures {
+        insert: column(&b_bulk, 0),
+        update: column(&b_bulk, 1),
+        delete: column(&b_bulk, 2),
+        commits_per_sec: b_commits.0 as f64 / b_commits.1.as_secs_f64(),
+    };
+    let w = Figures {
+        insert: column(&w_bulk, 0),
+        update: column(&w_bulk, 1),
+        delete: column(&w_bulk, 2),
+        commits_per_sec: w_commits.0 as f64 / w_commits.1.as_secs_f64(),
+    };
     drop(with);
     drop(listener);
     let notifications = drain.await.unwrap_or(0);

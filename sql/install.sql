@@ -24,7 +24,9 @@
 -- security is enabled on our tables, with a read policy for that role only.
 --
 -- Versions: 1 (first release); 2 adds TRUNCATE announcements, citas_realtime_reader and
--- row-level security; 3 adds notify_cita() (behind the server's POST /notify/cita). Running
+-- row-level security; 3 adds notify_cita() (behind the server's POST /notify/cita); 4 makes
+-- capture() cheaper (no RETURNING or aggregates; the NOTIFY payload is
+-- {"last_seq","count","action"}). Running
 -- this file over an older version upgrades it in place: one transaction, writers wait for its
 -- locks for a moment and never fail, no event is lost.
 --
@@ -152,7 +154,19 @@ revoke all on function citas_realtime.prune(interval) from public;
 -- The installed version, for `citas-realtime check` and for upgrades.
 create or replace function citas_realtime.version() returns integer
     language sql immutable parallel safe
-    as $$ select 3 $$;
+    as $$ select 4 $$;
+
+-- capture() reads the log's identity sequence by name (currval): make sure it is that one.
+do $seq$
+declare
+    found text := pg_catalog.pg_get_serial_sequence('citas_realtime.events', 'seq');
+begin
+    if found is distinct from 'citas_realtime.events_seq_seq' then
+        raise exception 'citas_realtime.events.seq must be backed by citas_realtime.events_seq_seq (found %)',
+            coalesce(found, 'no sequence');
+    end if;
+end
+$seq$;
 
 -- The trigger function, shared by the INSERT, UPDATE and DELETE statement triggers.
 --
@@ -168,49 +182,40 @@ create or replace function citas_realtime.capture() returns trigger
     set jit = off
 as $fn$
 declare
-    n_events   bigint;
-    first_seq  bigint;
-    last_seq   bigint;
-    neg_min    text;
-    neg_max    text;
-    act_min    text;
-    act_max    text;
+    n_events bigint;
+    kind     text;   -- the action of every event the statement wrote, when there is one
 begin
+    -- Each branch is ONE plain INSERT ... SELECT, counted with GET DIAGNOSTICS: no RETURNING
+    -- and no aggregate over what was written. Most writers commit one row at a time, and for
+    -- them the statement's fixed costs are the trigger's cost: version 3's RETURNING + seven
+    -- aggregates were a fifth of a single-row commit's instructions (callgrind, BENCHMARKS.md).
     if tg_op = 'TRUNCATE' then
         -- Every negocio lost its citas at once: one event, negocio '' (no channel can name it),
         -- which the server turns into a resync for every subscribed channel.
         insert into citas_realtime.events (negocio_id, cita_id, action)
-        values ('', '', 'truncated')
-        returning 1, seq, seq, '', '', 'truncated', 'truncated'
-        into n_events, first_seq, last_seq, neg_min, neg_max, act_min, act_max;
+        values ('', '', 'truncated');
+        get diagnostics n_events = row_count;
+        kind := 'truncated';
     elsif tg_op = 'INSERT' then
-        with ins as (
-            insert into citas_realtime.events (negocio_id, cita_id, action, estado)
-            select r.negocio_id::text, r.id::text, 'created', r.estado::text
-            from citas_realtime_new r
-            where r.negocio_id is not null
-            returning seq, negocio_id, action
-        )
-        select count(*), min(seq), max(seq), min(negocio_id), max(negocio_id), min(action), max(action)
-        into n_events, first_seq, last_seq, neg_min, neg_max, act_min, act_max
-        from ins;
+        insert into citas_realtime.events (negocio_id, cita_id, action, estado)
+        select r.negocio_id::text, r.id::text, 'created', r.estado::text
+        from citas_realtime_new r
+        where r.negocio_id is not null;
+        get diagnostics n_events = row_count;
+        kind := 'created';
     elsif tg_op = 'DELETE' then
-        with ins as (
-            insert into citas_realtime.events (negocio_id, cita_id, action, estado)
-            select r.negocio_id::text, r.id::text, 'deleted', r.estado::text
-            from citas_realtime_old r
-            where r.negocio_id is not null
-            returning seq, negocio_id, action
-        )
-        select count(*), min(seq), max(seq), min(negocio_id), max(negocio_id), min(action), max(action)
-        into n_events, first_seq, last_seq, neg_min, neg_max, act_min, act_max
-        from ins;
+        insert into citas_realtime.events (negocio_id, cita_id, action, estado)
+        select r.negocio_id::text, r.id::text, 'deleted', r.estado::text
+        from citas_realtime_old r
+        where r.negocio_id is not null;
+        get diagnostics n_events = row_count;
+        kind := 'deleted';
     else
         -- UPDATE: pair old and new rows by primary key. A row whose id changed has no partner:
         -- it reads as deleted (old id) plus created (new id). A row moved to another negocio is
         -- deleted for the old negocio, then created for the new one. to_jsonb() compares whole
         -- rows whatever the column types (json and point columns have no "=" operator).
-        -- Materialized: each pair's casts are computed once, not once per VALUES row below.
+        -- Materialized: each pair's casts are computed once, not once per SELECT below.
         with pairs as materialized (
             select o.id::text          as old_id,
                    n.id::text          as new_id,
@@ -225,52 +230,53 @@ begin
                         else to_jsonb(o) is distinct from to_jsonb(n) end as changed
             from citas_realtime_old o
             full join citas_realtime_new n on o.id = n.id
-        ),
-        ins as (
-            insert into citas_realtime.events (negocio_id, cita_id, action, estado, estado_anterior)
-            select e.negocio_id, e.cita_id, e.action, e.estado, e.estado_anterior
-            from pairs p
-            cross join lateral (values
-                (1, case when p.old_id is not null
-                          and (p.new_id is null or p.old_neg is distinct from p.new_neg)
-                         then p.old_neg end,
-                    p.old_id, 'deleted', p.old_estado, null::text),
-                (2, case when p.new_id is not null
-                          and (p.old_id is null or p.old_neg is distinct from p.new_neg)
-                         then p.new_neg end,
-                    p.new_id, 'created', p.new_estado, null::text),
-                (3, case when p.old_id is not null and p.new_id is not null
-                          and p.old_neg = p.new_neg
-                          and p.old_estado is distinct from p.new_estado
-                         then p.new_neg end,
-                    p.new_id, 'status_changed', p.new_estado, p.old_estado),
-                (4, case when p.old_id is not null and p.new_id is not null
-                          and p.old_neg = p.new_neg
-                          and p.old_estado is not distinct from p.new_estado
-                          and p.changed
-                         then p.new_neg end,
-                    p.new_id, 'updated', p.new_estado, null::text)
-            ) as e(ord, negocio_id, cita_id, action, estado, estado_anterior)
-            where e.negocio_id is not null
-            order by coalesce(p.new_id, p.old_id), e.ord
-            returning seq, negocio_id, action
         )
-        select count(*), min(seq), max(seq), min(negocio_id), max(negocio_id), min(action), max(action)
-        into n_events, first_seq, last_seq, neg_min, neg_max, act_min, act_max
-        from ins;
+        insert into citas_realtime.events (negocio_id, cita_id, action, estado, estado_anterior)
+        select e.negocio_id, e.cita_id, e.action, e.estado, e.estado_anterior
+        from (
+            -- One SELECT per kind of event, not a LATERAL VALUES list: PostgreSQL builds a
+            -- VALUES list's expressions anew for every outer row, which was a fifth of a bulk
+            -- UPDATE's instructions (callgrind).
+            select coalesce(p.new_id, p.old_id) as k, 1 as ord, p.old_neg as negocio_id,
+                   p.old_id as cita_id, 'deleted' as action, p.old_estado as estado,
+                   null::text as estado_anterior
+            from pairs p
+            where p.old_id is not null and p.old_neg is not null
+              and (p.new_id is null or p.old_neg is distinct from p.new_neg)
+            union all
+            select coalesce(p.new_id, p.old_id), 2, p.new_neg, p.new_id, 'created', p.new_estado,
+                   null
+            from pairs p
+            where p.new_id is not null and p.new_neg is not null
+              and (p.old_id is null or p.old_neg is distinct from p.new_neg)
+            union all
+            select p.new_id, 3, p.new_neg, p.new_id, 'status_changed', p.new_estado, p.old_estado
+            from pairs p
+            where p.old_id is not null and p.new_id is not null and p.old_neg = p.new_neg
+              and p.old_estado is distinct from p.new_estado
+            union all
+            select p.new_id, 4, p.new_neg, p.new_id, 'updated', p.new_estado, null
+            from pairs p
+            where p.old_id is not null and p.new_id is not null and p.old_neg = p.new_neg
+              and p.old_estado is not distinct from p.new_estado
+              and p.changed
+        ) as e
+        order by e.k, e.ord;
+        get diagnostics n_events = row_count;
+        kind := null;  -- an UPDATE can write several kinds
     end if;
 
     if n_events > 0 then
-        -- One notification per statement. It carries ids only (the seq range, and the negocio
-        -- and action when the statement produced a single kind for a single negocio), so it
-        -- stays a few hundred bytes whatever the statement touched. Distinct payloads are never
-        -- merged by PostgreSQL, so every statement wakes the server.
-        perform pg_catalog.pg_notify('citas_realtime', pg_catalog.json_build_object(
-            'first_seq', first_seq,
-            'last_seq', last_seq,
-            'count', n_events,
-            'negocio_id', case when neg_min = neg_max and octet_length(neg_min) <= 256 then neg_min end,
-            'action', case when act_min = act_max then act_min end)::text);
+        -- One notification per statement, of ids only, a few dozen bytes whatever the statement
+        -- touched: {"last_seq":L,"count":N[,"action":A]}. L is this statement's last seq:
+        -- currval() is this session's latest nextval(), which the INSERT above just drew (a
+        -- statement's seqs are increasing, and, with concurrent writers, not always
+        -- contiguous). Distinct payloads are never merged by PostgreSQL, so every statement
+        -- wakes the server; the server reads the log by seq and trusts nothing else here.
+        perform pg_catalog.pg_notify('citas_realtime',
+            '{"last_seq":' || pg_catalog.currval('citas_realtime.events_seq_seq'::pg_catalog.regclass)
+            || ',"count":' || n_events
+            || coalesce(',"action":"' || kind || '"', '') || '}');
     end if;
     return null;
 end

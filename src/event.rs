@@ -167,9 +167,11 @@ impl Event {
     }
 }
 
-/// The payload of the triggers' `NOTIFY citas_realtime`: the seq range one statement wrote,
-/// how many events, and the negocio and action when the statement produced a single kind for a
-/// single negocio.
+/// The payload of the triggers' `NOTIFY citas_realtime`: the last seq one statement wrote, how
+/// many events, and the action when the statement wrote a single kind. Since install.sql
+/// version 4: `{"last_seq":L,"count":N,"action":A}`; version 3's payloads (and
+/// `notify_cita()`'s) also carry `first_seq` and `negocio_id`, and are still understood, so a
+/// server and a database may be upgraded in either order.
 ///
 /// The listener does not trust it for delivery (it reads the log by seq whatever a payload
 /// says, so a lost, merged or foreign notification changes nothing); it parses it to log what
@@ -178,7 +180,8 @@ impl Event {
 /// parsed defensively: any text gives a value or an error, never a panic.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Announcement {
-    pub first_seq: i64,
+    #[serde(default)]
+    pub first_seq: Option<i64>,
     pub last_seq: i64,
     pub count: i64,
     #[serde(default)]
@@ -197,9 +200,10 @@ impl Announcement {
         }
         let a: Announcement =
             serde_json::from_str(payload).map_err(|e| format!("not an announcement: {e}"))?;
-        if a.first_seq < 1 || a.last_seq < a.first_seq || a.count < 1 {
+        let first = a.first_seq.unwrap_or(a.last_seq);
+        if first < 1 || a.last_seq < first || a.count < 1 {
             return Err(format!(
-                "inconsistent announcement: seqs {}..={}, count {}",
+                "inconsistent announcement: seqs {:?}..={}, count {}",
                 a.first_seq, a.last_seq, a.count
             ));
         }
@@ -217,8 +221,14 @@ mod tests {
             r#"{"first_seq":3,"last_seq":5,"count":3,"negocio_id":"n1","action":"created"}"#,
         )
         .unwrap();
-        assert_eq!((a.first_seq, a.last_seq, a.count), (3, 5, 3));
+        assert_eq!((a.first_seq, a.last_seq, a.count), (Some(3), 5, 3));
         assert_eq!(a.negocio_id.as_deref(), Some("n1"));
+        // install.sql version 4's form.
+        let a = Announcement::parse(r#"{"last_seq":7,"count":2,"action":"deleted"}"#).unwrap();
+        assert_eq!((a.first_seq, a.last_seq, a.count), (None, 7, 2));
+        assert_eq!(a.action.as_deref(), Some("deleted"));
+        assert!(Announcement::parse(r#"{"last_seq":0,"count":1}"#).is_err());
+        assert!(Announcement::parse(r#"{"last_seq":4,"count":0}"#).is_err());
         let a = Announcement::parse(
             r#"{"first_seq":3,"last_seq":5,"count":3,"negocio_id":null,"action":null}"#,
         )

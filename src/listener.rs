@@ -218,9 +218,9 @@ impl Listener {
                     Some(Ok(AsyncMessage::Notification(n))) => {
                         match Announcement::parse(n.payload()) {
                             Ok(a) => tracing::trace!(
-                                first_seq = a.first_seq,
                                 last_seq = a.last_seq,
                                 count = a.count,
+                                action = a.action.as_deref(),
                                 "announced"
                             ),
                             Err(reason) => {

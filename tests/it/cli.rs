@@ -109,7 +109,13 @@ async fn sql_install_then_check_then_uninstall() {
     .await
     .unwrap();
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("version 3 installed"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "version {} installed",
+            citas_realtime::sql::SQL_VERSION
+        )),
+        "{stdout}"
+    );
     db.execute("insert into citas (negocio_id) values ('cli')")
         .await;
     assert_eq!(db.logged("cli").await.len(), 1);
@@ -144,7 +150,10 @@ async fn sql_install_then_check_then_uninstall() {
             "no ok line for {name}:\n{stdout}"
         );
     }
-    assert!(stdout.contains("version 3 installed"));
+    assert!(stdout.contains(&format!(
+        "version {} installed",
+        citas_realtime::sql::SQL_VERSION
+    )));
 
     let url = db.url.clone();
     let (code, _, _) = tokio::task::spawn_blocking(move || {

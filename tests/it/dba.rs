@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::helpers::{brief, connect, spawn_app, token, TestApp, TestDb, Ws};
 
+const INSTALL_V3: &str = include_str!("../fixtures/install_v3.sql");
 const INSTALL_V2: &str = include_str!("../fixtures/install_v2.sql");
 const INSTALL_V1: &str = include_str!("../fixtures/install_v1.sql");
 
@@ -250,8 +251,9 @@ async fn truncate_tells_every_subscriber_to_resync() {
     late.expect("resync").await;
 }
 
-/// An install of an older version, writers busy, then the new install.sql over it: no write
-/// fails, no event is lost, and the version is the new one.
+/// An install of an older version, writers busy (inserts, updates and deletes: every branch of
+/// the trigger), then the new install.sql over it: no write fails, no event is lost or
+/// doubled, every kind arrives, and the version is the new one.
 async fn upgrade_under_writes(old_sql: &str, old_version: i32) {
     let db = TestDb::empty().await;
     db.client.batch_execute(EXAMPLE_SCHEMA).await.unwrap();
@@ -268,7 +270,7 @@ async fn upgrade_under_writes(old_sql: &str, old_version: i32) {
     let writer = tokio::spawn(async move {
         for i in 0..200 {
             writer_db
-                .batch_execute("insert into citas (negocio_id) values ('up')")
+                .batch_execute(UPGRADE_WRITES[i % UPGRADE_WRITES.len()])
                 .await
                 .unwrap_or_else(|e| panic!("write {i} failed during the upgrade: {e}"));
         }
@@ -279,16 +281,39 @@ async fn upgrade_under_writes(old_sql: &str, old_version: i32) {
         .await
         .expect("the upgrade applies");
     writer.await.unwrap();
-    db.execute("insert into citas (negocio_id) values ('up')")
-        .await;
+    for write in UPGRADE_WRITES {
+        db.execute(write).await;
+    }
 
-    let got: Vec<i64> = ws.events(201).await.iter().map(|e| brief(e).2).collect();
-    let logged: Vec<i64> = db.logged("up").await.iter().map(|(s, _)| *s).collect();
+    let logged = db.logged("up").await;
+    let kinds: std::collections::BTreeSet<&str> = logged.iter().map(|(_, a)| a.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["created", "deleted", "status_changed", "updated"].into(),
+        "every kind of event was written"
+    );
+    let got: Vec<i64> = ws
+        .events(logged.len())
+        .await
+        .iter()
+        .map(|e| brief(e).2)
+        .collect();
+    let logged: Vec<i64> = logged.iter().map(|(s, _)| *s).collect();
     assert_eq!(got, logged);
-    assert_eq!(logged.len(), 201);
+    // 200 writes + 4: 51 citas, each created, updated twice and deleted.
+    assert_eq!(logged.len(), 4 * 51);
     let version: i32 = db.scalar("select citas_realtime.version()").await;
     assert_eq!(version, citas_realtime::sql::SQL_VERSION);
 }
+
+/// What the upgrade tests write, in turn: each cita is created, changes estado, is edited
+/// otherwise, then deleted.
+const UPGRADE_WRITES: [&str; 4] = [
+    "insert into citas (negocio_id) values ('up')",
+    "update citas set estado = 'confirmada' where negocio_id = 'up' and estado = 'pendiente'",
+    "update citas set cliente_id = 'c1' where negocio_id = 'up' and estado = 'confirmada'",
+    "delete from citas where negocio_id = 'up'",
+];
 
 #[tokio::test]
 async fn upgrading_from_version_1_under_writes_loses_nothing() {
@@ -298,4 +323,9 @@ async fn upgrading_from_version_1_under_writes_loses_nothing() {
 #[tokio::test]
 async fn upgrading_from_version_2_under_writes_loses_nothing() {
     upgrade_under_writes(INSTALL_V2, 2).await;
+}
+
+#[tokio::test]
+async fn upgrading_from_version_3_under_writes_loses_nothing() {
+    upgrade_under_writes(INSTALL_V3, 3).await;
 }

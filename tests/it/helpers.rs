@@ -44,6 +44,32 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
+/// A connection that LISTENs on `channel`: the payloads it receives arrive on the returned
+/// queue, in order.
+pub async fn listen(
+    url: &str,
+    channel: &str,
+) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use futures::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("listen {channel}"))
+        .await
+        .expect("listen");
+    (client, rx)
+}
+
 /// A database of this test's own, with the example schema and our SQL installed. Dropped (with
 /// every connection to it) when the value is dropped.
 pub struct TestDb {

@@ -82,7 +82,11 @@ proptest! {
             "negocio_id": value.as_str(), "action": null,
         });
         let a = Announcement::parse(&payload.to_string());
-        prop_assert!(a.is_ok_and(|a| a.first_seq <= a.last_seq && a.count >= 1));
+        prop_assert!(a.is_ok_and(|a| a.first_seq <= Some(a.last_seq) && a.count >= 1));
+        // install.sql version 4's form, without first_seq and negocio_id.
+        let payload = serde_json::json!({"last_seq": first + span, "count": span + 1, "action": value.as_str()});
+        let a = Announcement::parse(&payload.to_string());
+        prop_assert!(a.is_ok_and(|a| a.first_seq.is_none() && a.last_seq >= 1 && a.count >= 1));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What the DBA installs: install.sql, uninstall.sql, and the events the triggers write.
 
-use crate::helpers::TestDb;
+use std::time::Duration;
+
+use crate::helpers::{listen, TestDb};
 use citas_realtime::sql::{EXAMPLE_SCHEMA, INSTALL, UNINSTALL};
 
 #[tokio::test]
@@ -83,6 +85,9 @@ async fn every_action_is_logged_with_its_fields() {
     db.execute("update citas set cliente_id = 'c9'").await;
     db.execute("update citas set cliente_id = 'c9'").await; // changes nothing: no event
     db.execute("update citas set negocio_id = 'n2'").await;
+    // A changed primary key: the old id is deleted, the new one created.
+    db.execute("update citas set id = '00000000-0000-0000-0000-000000000002'")
+        .await;
     db.execute("begin").await;
     db.execute("insert into citas (negocio_id) values ('n1')")
         .await;
@@ -103,6 +108,7 @@ async fn every_action_is_logged_with_its_fields() {
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect();
     let id = "00000000-0000-0000-0000-000000000001".to_string();
+    let id2 = "00000000-0000-0000-0000-000000000002".to_string();
     let s = |v: &str| Some(v.to_string());
     assert_eq!(
         got,
@@ -149,6 +155,20 @@ async fn every_action_is_logged_with_its_fields() {
                 s("confirmada"),
                 None
             ),
+            (
+                "n2".into(),
+                id2.clone(),
+                "created".into(),
+                s("confirmada"),
+                None
+            ),
+            (
+                "n2".into(),
+                id2.clone(),
+                "deleted".into(),
+                s("confirmada"),
+                None
+            ),
         ]
     );
 }
@@ -190,6 +210,7 @@ async fn any_id_types_work_and_events_carry_text() {
 #[tokio::test]
 async fn a_large_statement_sends_one_small_notification() {
     let db = TestDb::new().await;
+    let (_listener, mut payloads) = listen(&db.url, "citas_realtime").await;
     // 5,000 rows with long negocio ids in one statement: the writer must not fail (the NOTIFY
     // payload limit is 8,000 bytes) and every row gets its event.
     let n = db
@@ -203,6 +224,35 @@ async fn a_large_statement_sends_one_small_notification() {
         .scalar("select count(*) from citas_realtime.events")
         .await;
     assert_eq!(count, 5000);
+    let last: i64 = db
+        .scalar("select max(seq) from citas_realtime.events")
+        .await;
+    // One notification per statement, of ids only. An UPDATE can write several kinds: no
+    // action. A statement that changes nothing sends nothing.
+    db.execute(
+        "update citas set estado = 'confirmada'
+         where id in (select id from citas order by id limit 2)",
+    )
+    .await;
+    db.execute("update citas set estado = estado").await;
+    db.execute("select pg_notify('citas_realtime', 'end')")
+        .await;
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("end") {
+        let payload = tokio::time::timeout(Duration::from_secs(10), payloads.recv())
+            .await
+            .expect("notifications arrive")
+            .expect("listener alive");
+        got.push(payload);
+    }
+    assert_eq!(
+        got,
+        [
+            format!(r#"{{"last_seq":{last},"count":5000,"action":"created"}}"#),
+            format!(r#"{{"last_seq":{},"count":2}}"#, last + 2),
+            "end".to_string()
+        ]
+    );
     // The example schema is also valid input for a second run.
     db.client.batch_execute(EXAMPLE_SCHEMA).await.unwrap();
 }
