@@ -105,19 +105,31 @@ async fn bulk_round(client: &Client, rows: u32) -> [Duration; 3] {
     [insert, update, delete]
 }
 
-/// Single-row autocommit INSERTs for `slice`: how many committed, in how long.
-async fn commits_during(client: &Client, slice: Duration) -> (u64, Duration) {
-    let statement = client
-        .prepare("insert into citas (negocio_id) values ($1)")
-        .await
-        .expect("prepare");
+/// Single-row autocommit INSERTs for one second, added to `total` (commits, time taken).
+async fn commit_for_a_second(
+    client: &Client,
+    statement: &tokio_postgres::Statement,
+    total: &mut (u64, Duration),
+) {
     let start = Instant::now();
-    let mut commits = 0u64;
-    while start.elapsed() < slice {
-        client.execute(&statement, &[&"n1"]).await.expect("insert");
-        commits += 1;
+    while start.elapsed() < Duration::from_secs(1) {
+        client.execute(statement, &[&"n1"]).await.expect("insert");
+        total.0 += 1;
     }
-    (commits, start.elapsed())
+    total.1 += start.elapsed();
+}
+
+impl Figures {
+    /// Medians of the bulk rounds, and the commit rate over all slices.
+    fn from_rounds(rounds: &[[Duration; 3]], commits: (u64, Duration)) -> Figures {
+        let column = |i: usize| median(rounds.iter().map(|r| r[i]).collect());
+        Figures {
+            insert: column(0),
+            update: column(1),
+            delete: column(2),
+            commits_per_sec: commits.0 as f64 / commits.1.as_secs_f64(),
+        }
+    }
 }
 
 #[tokio::main]
@@ -154,26 +166,16 @@ async fn main() {
         b_bulk.push(bulk_round(&bare, a.rows).await);
         w_bulk.push(bulk_round(&with, a.rows).await);
     }
-    let (mut b_commits, mut w_commits) = ((0u64, Duration::ZERO), (0u64, Duration::ZERO));
+    let insert = "insert into citas (negocio_id) values ($1)";
+    let b_statement = bare.prepare(insert).await.expect("prepare");
+    let w_statement = with.prepare(insert).await.expect("prepare");
+    let (mut b_commits, mut w_commits) = ((0, Duration::ZERO), (0, Duration::ZERO));
     for _ in 0..a.seconds {
-        let (n, t) = commits_during(&bare, Duration::from_secs(1)).await;
-        b_commits = (b_commits.0 + n, b_commits.1 + t);
-        let (n, t) = commits_during(&with, Duration::from_secs(1)).await;
-        w_commits = (w_commits.0 + n, w_commits.1 + t);
+        commit_for_a_second(&bare, &b_statement, &mut b_commits).await;
+        commit_for_a_second(&with, &w_statement, &mut w_commits).await;
     }
-    let column = |rounds: &[[Duration; 3]], i: usize| median(rounds.iter().map(|r| r[i]).collect());
-    let b = Figures {
-        insert: column(&b_bulk, 0),
-        update: column(&b_bulk, 1),
-        delete: column(&b_bulk, 2),
-        commits_per_sec: b_commits.0 as f64 / b_commits.1.as_secs_f64(),
-    };
-    let w = Figures {
-        insert: column(&w_bulk, 0),
-        update: column(&w_bulk, 1),
-        delete: column(&w_bulk, 2),
-        commits_per_sec: w_commits.0 as f64 / w_commits.1.as_secs_f64(),
-    };
+    let b = Figures::from_rounds(&b_bulk, b_commits);
+    let w = Figures::from_rounds(&w_bulk, w_commits);
     drop(with);
     drop(listener);
     let notifications = drain.await.unwrap_or(0);
