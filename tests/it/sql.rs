@@ -71,6 +71,47 @@ async fn install_without_citas_fails_clearly() {
     assert_eq!(schema, 0, "a failed install leaves nothing behind");
 }
 
+/// capture() names the log's identity sequence (currval): a log whose seq is backed by another
+/// sequence is refused at install time, clearly, before any trigger could fail a writer.
+#[tokio::test]
+async fn install_refuses_a_log_with_another_sequence() {
+    let db = TestDb::empty().await;
+    db.client.batch_execute(EXAMPLE_SCHEMA).await.unwrap();
+    db.client
+        .batch_execute(
+            "create schema citas_realtime;
+             create table citas_realtime.events (
+                 seq bigint generated always as identity (sequence name citas_realtime.other_seq)
+                     primary key,
+                 negocio_id text not null, cita_id text not null, action text not null,
+                 estado text, estado_anterior text,
+                 created_at timestamptz not null default clock_timestamp())",
+        )
+        .await
+        .unwrap();
+    let err = db
+        .client
+        .batch_execute(INSTALL)
+        .await
+        .expect_err("must refuse");
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        message.contains("must be backed by citas_realtime.events_seq_seq")
+            && message.contains("citas_realtime.other_seq"),
+        "unclear message: {message}"
+    );
+    db.execute("rollback").await;
+    db.execute("insert into citas (negocio_id) values ('n1')")
+        .await;
+    let triggers: i64 = db
+        .scalar("select count(*) from pg_trigger where tgname like 'citas_realtime%'")
+        .await;
+    assert_eq!(triggers, 0, "a refused install leaves no trigger behind");
+}
+
 /// negocio_id, cita_id, action, estado, estado_anterior
 type LoggedEvent = (String, String, String, Option<String>, Option<String>);
 
