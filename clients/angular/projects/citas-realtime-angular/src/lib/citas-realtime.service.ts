@@ -82,11 +82,6 @@ export class CitasRealtime {
     );
   }
 
-  /** The last event seq seen for a negocio (to store and resume from after a reload). */
-  lastSeq(negocio: string): number | undefined {
-    return this.client.lastSeq(negocio);
-  }
-
   private messages(negocio: NegocioRef, injector: Injector): Observable<ChannelMessage> {
     return negocioIds(negocio, injector).pipe(switchMap((id) => this.channel(id).messages));
   }
