@@ -1,4 +1,4 @@
-import { Observable, defer, finalize, map, share, startWith } from 'rxjs';
+import { Observable, defer, finalize, map, share, startWith, tap } from 'rxjs';
 import { filterByType } from '@citas-realtime/client';
 import type { ChannelMessage, Estadisticas } from '@citas-realtime/client';
 
@@ -27,7 +27,7 @@ export class NegocioChannel {
   /** `onIdle` runs when the last listener leaves (or the server refused the channel). */
   constructor(source: Observable<ChannelMessage>, onIdle: () => void) {
     this.messages = source.pipe(
-      map((message) => this.remember(message)),
+      tap((message) => this.remember(message)),
       finalize(() => {
         this.latest = undefined;
         onIdle();
@@ -36,8 +36,7 @@ export class NegocioChannel {
     );
   }
 
-  private remember(message: ChannelMessage): ChannelMessage {
+  private remember(message: ChannelMessage): void {
     if (message.type === 'estadisticas') this.latest = message.data;
-    return message;
   }
 }
