@@ -5,12 +5,13 @@
 --
 -- * Idempotent: a second run is clean; running a newer install.sql upgrades an older install in
 --   place, in one transaction, so writers never see a half-installed state.
--- * Everything lives in schema citas_realtime, except the three triggers on public.citas.
+-- * Everything lives in schema citas_realtime, except the four triggers on public.citas.
 -- * Works whatever the types of citas.id and citas.negocio_id are (uuid, text, bigint, ...):
 --   the event log stores them as text.
--- * Nothing here can make a writer's change fail: no constraint on the log that a row could
---   violate, no cast that can fail (every value is cast to text), no dynamic SQL, and a NOTIFY
---   payload that is bounded far below PostgreSQL's 8000-byte limit.
+-- * Nothing here can make a writer's change fail, whatever a row holds: no constraint on the
+--   log that a row could violate, no cast that can fail (every value is cast to text), text cut
+--   to a bounded length before it is logged (so no index entry can outgrow a btree page), no
+--   dynamic SQL, and a NOTIFY payload that is bounded far below PostgreSQL's 8000-byte limit.
 --
 -- How an event travels: the statement-level triggers below write one row per changed cita to
 -- citas_realtime.events (in the writer's own transaction, so a rollback leaves nothing) and send
@@ -26,7 +27,9 @@
 -- Versions: 1 (first release); 2 adds TRUNCATE announcements, citas_realtime_reader and
 -- row-level security; 3 adds notify_cita() (behind the server's POST /notify/cita); 4 makes
 -- capture() cheaper (no RETURNING or aggregates; the NOTIFY payload is
--- {"last_seq","count","action"}). Running
+-- {"last_seq","count","action"}); 5 bounds what a row can put in the log (negocio_id cut to 257
+-- characters, cita_id and estados to 1025) and takes negocio_id out of notify_cita()'s
+-- notification. Running
 -- this file over an older version upgrades it in place: one transaction, writers wait for its
 -- locks for a moment and never fail, no event is lost.
 --
@@ -104,7 +107,8 @@ comment on table citas_realtime.events is
     'citas-realtime: one row per change of a cita, written by the triggers on public.citas';
 revoke all on citas_realtime.events from public;
 
--- Resuming clients read one negocio's events after a seq.
+-- Resuming clients read one negocio's events after a seq (and the truncates: negocio '', action
+-- 'truncated'). negocio_id is cut to 257 characters when logged, so its entries always fit.
 create index if not exists events_negocio_seq_idx on citas_realtime.events (negocio_id, seq);
 -- Retention deletes by age; created_at grows with seq, so a BRIN index is tiny and cheap to keep.
 create index if not exists events_created_at_brin on citas_realtime.events using brin (created_at);
@@ -154,7 +158,7 @@ revoke all on function citas_realtime.prune(interval) from public;
 -- The installed version, for `citas-realtime check` and for upgrades.
 create or replace function citas_realtime.version() returns integer
     language sql immutable parallel safe
-    as $$ select 4 $$;
+    as $$ select 5 $$;
 
 -- capture() reads the log's identity sequence by name (currval): make sure it is that one.
 do $seq$
@@ -189,23 +193,30 @@ begin
     -- and no aggregate over what was written. Most writers commit one row at a time, and for
     -- them the statement's fixed costs are the trigger's cost: version 3's RETURNING + seven
     -- aggregates were a fifth of a single-row commit's instructions (callgrind, BENCHMARKS.md).
+    -- What a row puts in the log is bounded: negocio_id is cut to 257 characters (longer than
+    -- any channel can name, 256 bytes, so a cut id reaches nobody and can never equal a real
+    -- one), cita_id and the estados to 1025 characters (the server sends at most 1024 bytes of
+    -- each and flags what it cut). No value can outgrow the negocio index or bloat the log.
     if tg_op = 'TRUNCATE' then
-        -- Every negocio lost its citas at once: one event, negocio '' (no channel can name it),
-        -- which the server turns into a resync for every subscribed channel.
+        -- Every negocio lost its citas at once: one event whose ACTION is 'truncated'. Only this
+        -- branch writes that action (no row value can), and the server turns it into a resync
+        -- for every subscribed channel. Its negocio '' is only where replays find it.
         insert into citas_realtime.events (negocio_id, cita_id, action)
         values ('', '', 'truncated');
         get diagnostics n_events = row_count;
         kind := 'truncated';
     elsif tg_op = 'INSERT' then
         insert into citas_realtime.events (negocio_id, cita_id, action, estado)
-        select r.negocio_id::text, r.id::text, 'created', r.estado::text
+        select left(r.negocio_id::text, 257), left(r.id::text, 1025), 'created',
+               left(r.estado::text, 1025)
         from citas_realtime_new r
         where r.negocio_id is not null;
         get diagnostics n_events = row_count;
         kind := 'created';
     elsif tg_op = 'DELETE' then
         insert into citas_realtime.events (negocio_id, cita_id, action, estado)
-        select r.negocio_id::text, r.id::text, 'deleted', r.estado::text
+        select left(r.negocio_id::text, 257), left(r.id::text, 1025), 'deleted',
+               left(r.estado::text, 1025)
         from citas_realtime_old r
         where r.negocio_id is not null;
         get diagnostics n_events = row_count;
@@ -232,7 +243,8 @@ begin
             full join citas_realtime_new n on o.id = n.id
         )
         insert into citas_realtime.events (negocio_id, cita_id, action, estado, estado_anterior)
-        select e.negocio_id, e.cita_id, e.action, e.estado, e.estado_anterior
+        select left(e.negocio_id, 257), left(e.cita_id, 1025), e.action, left(e.estado, 1025),
+               left(e.estado_anterior, 1025)
         from (
             -- One SELECT per kind of event, not a LATERAL VALUES list: PostgreSQL builds a
             -- VALUES list's expressions anew for every outer row, which was a fifth of a bulk
@@ -286,7 +298,8 @@ revoke all on function citas_realtime.capture() from public;
 -- An event announced by an application instead of a trigger: what the old design's REST API
 -- posted to /notify/cita. The server's POST /notify/cita (service tokens only) calls it, so the
 -- announcement is logged and delivered like any other event (every instance, resumes,
--- statistics). cita_id may be unknown ('' in the log, null on the wire). Returns its seq.
+-- statistics). cita_id may be unknown ('' in the log, null on the wire). Returns its seq. Its
+-- notification carries seqs and a count only, like the triggers': any role may LISTEN.
 create or replace function citas_realtime.notify_cita(
         negocio_id text, action text, cita_id text default null, estado text default null)
     returns bigint
@@ -308,13 +321,16 @@ begin
             notify_cita.action
             using errcode = 'invalid_parameter_value';
     end if;
+    -- A transaction id before the seq is drawn (a trigger's writer has one already, having
+    -- changed citas): the server relies on every writer of a seq being in the snapshots taken
+    -- while the seq may still commit.
+    perform pg_catalog.pg_current_xact_id();
     insert into citas_realtime.events (negocio_id, cita_id, action, estado)
-    values (notify_cita.negocio_id, coalesce(notify_cita.cita_id, ''), notify_cita.action,
-            notify_cita.estado)
+    values (notify_cita.negocio_id, left(coalesce(notify_cita.cita_id, ''), 1025),
+            notify_cita.action, left(notify_cita.estado, 1025))
     returning seq into new_seq;
-    perform pg_catalog.pg_notify('citas_realtime', pg_catalog.json_build_object(
-        'first_seq', new_seq, 'last_seq', new_seq, 'count', 1,
-        'negocio_id', notify_cita.negocio_id, 'action', notify_cita.action)::text);
+    perform pg_catalog.pg_notify('citas_realtime',
+        '{"last_seq":' || new_seq || ',"count":1,"action":"' || notify_cita.action || '"}');
     return new_seq;
 end
 $fn$;

@@ -100,10 +100,11 @@ pub struct HookSettings {
     pub cache_ttl: Duration,
 }
 
-/// Why access could not be decided.
+/// Access could not be decided. What went wrong is logged, not told: the client learns only
+/// that it may try again (a database's error text is no business of a stranger's).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot check access to this negocio right now ({0}); try again")]
-pub struct Unavailable(String);
+#[error("cannot check access to this negocio right now; try again")]
+pub struct Unavailable;
 
 /// Decides subscriptions; shared by every connection.
 pub struct Access {
@@ -170,7 +171,7 @@ impl Access {
         .map_err(|reason| {
             self.counters.access_failures.inc();
             tracing::warn!(function = %settings.function, reason, "access check failed");
-            Unavailable(reason)
+            Unavailable
         })?;
         let mut cache = self.lock();
         if cache.len() >= CACHE_LIMIT {

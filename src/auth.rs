@@ -97,6 +97,9 @@ pub struct Principal {
     pub grants: Grants,
     /// `exp`, in seconds since the Unix epoch.
     pub expires_at: u64,
+    /// When a connection opened with this token must close: `exp` plus the leeway the token
+    /// was accepted with (the same rule as at the upgrade), in seconds since the Unix epoch.
+    pub valid_until: u64,
     /// The claims as JSON text, without those that change with every token issued (`exp`,
     /// `iat`, `nbf`, `jti`): what the optional SQL access check ([`crate::access`]) is asked
     /// with and caches by. Text, not a parsed map, because every connection holds one.
@@ -221,6 +224,7 @@ impl Verifier {
             subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
             grants: grants_from_claims(&claims),
             expires_at,
+            valid_until: expires_at.saturating_add(self.validation.leeway),
             claims: identity_claims(claims).into(),
         })
     }
@@ -258,11 +262,20 @@ pub fn grants_from_claims(claims: &Value) -> Grants {
     Grants::Negocios(set)
 }
 
-/// An id given as a non-empty string or a number (bigint ids), as text.
+/// Integers beyond this lose digits in JavaScript and many JSON parsers (RFC 7493): such ids
+/// must come as strings.
+pub const MAX_EXACT_INTEGER: i64 = (1 << 53) - 1;
+
+/// An id given as a non-empty string without NUL, or an integer that every JSON reader holds
+/// exactly (bigint ids; at most 2^53 - 1 in magnitude), as text. Floats (`1.0`, `1e29`) are
+/// not ids: their text is not the number the sender meant.
 pub fn id_text(v: &Value) -> Option<String> {
     match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) if !s.is_empty() && !s.contains('\0') => Some(s.clone()),
+        Value::Number(n) => n
+            .as_i64()
+            .filter(|i| i.abs() <= MAX_EXACT_INTEGER)
+            .map(|i| i.to_string()),
         _ => None,
     }
 }

@@ -11,6 +11,10 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// The channel prefix of the protocol: `estadisticas:<negocio_id>`.
 pub const CHANNEL_PREFIX: &str = "estadisticas:";
+/// The most bytes of `cita_id`, `estado` and `estado_anterior` an event carries; longer values
+/// are cut (at a character boundary) and the event says so (`fields_truncated`). With this
+/// bound no event frame comes near what a socket's write buffer takes.
+pub const MAX_TEXT_BYTES: usize = 1024;
 
 /// What happened to the cita.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -20,8 +24,10 @@ pub enum Action {
     Updated,
     Deleted,
     StatusChanged,
-    /// `TRUNCATE citas`: every negocio must reload. Logged with negocio `''`; each subscriber
-    /// receives `resync` for its channels instead of an event.
+    /// `TRUNCATE citas`: every negocio must reload; each subscriber receives `resync` for its
+    /// channels instead of an event. Marked by its action, which only the TRUNCATE trigger
+    /// writes: no row value can forge it (a row whose negocio is `''` is just an event nobody
+    /// can subscribe to).
     Truncated,
 }
 
@@ -61,6 +67,8 @@ pub struct Event {
     pub estado_anterior: Option<String>,
     /// When the change was written, UTC, RFC 3339 with milliseconds (formatted by the query).
     pub timestamp: String,
+    /// A text field was longer than [`MAX_TEXT_BYTES`] and was cut.
+    pub fields_truncated: bool,
 }
 
 #[derive(Serialize)]
@@ -81,6 +89,8 @@ struct WireData<'a> {
     estado_anterior: Option<&'a str>,
     seq: i64,
     timestamp: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    fields_truncated: bool,
 }
 
 /// The columns [`Event::from_row`] reads, for `select {EVENT_COLUMNS} from citas_realtime.events e`.
@@ -109,15 +119,33 @@ impl Event {
             tracing::warn!(seq, action, "skipping an event with an unknown action");
             return Ok(None);
         };
+        let mut cut = false;
+        let mut text = |value: Option<String>| {
+            value.map(|v| {
+                let (v, was_cut) = bounded(v, MAX_TEXT_BYTES);
+                cut |= was_cut;
+                v
+            })
+        };
+        let cita_id = text(row.try_get("cita_id")?).unwrap_or_default();
+        let estado = text(row.try_get("estado")?);
+        let estado_anterior = text(row.try_get("estado_anterior")?);
         Ok(Some(Event {
             seq,
             negocio_id: row.try_get("negocio_id")?,
-            cita_id: row.try_get("cita_id")?,
+            cita_id,
             action,
-            estado: row.try_get("estado")?,
-            estado_anterior: row.try_get("estado_anterior")?,
+            estado,
+            estado_anterior,
             timestamp: row.try_get("ts")?,
+            fields_truncated: cut,
         }))
+    }
+
+    /// True when subscribers of `negocio_id` receive this event (a truncate reaches every
+    /// negocio; any other event only its own).
+    pub fn concerns(&self, negocio_id: &str) -> bool {
+        self.action == Action::Truncated || self.negocio_id == negocio_id
     }
 
     /// The shared, ready-to-send form of this event for subscribers of `negocio_id` (its own
@@ -159,12 +187,26 @@ impl Event {
                 estado_anterior: self.estado_anterior.as_deref(),
                 seq: self.seq,
                 timestamp: &self.timestamp,
+                fields_truncated: self.fields_truncated,
             },
         };
         // Serializing plain strings and integers cannot fail.
         let text = serde_json::to_string(&wire).unwrap_or_default();
         Message::Text(Utf8Bytes::from(text))
     }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary; true when it was cut.
+pub fn bounded(mut text: String, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text, false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    (text, true)
 }
 
 /// The payload of the triggers' `NOTIFY citas_realtime`: the last seq one statement wrote, how
@@ -240,6 +282,15 @@ mod tests {
     }
 
     #[test]
+    fn long_text_is_cut_at_a_character_boundary() {
+        assert_eq!(bounded("abc".into(), 3), ("abc".into(), false));
+        assert_eq!(bounded("abcd".into(), 3), ("abc".into(), true));
+        // 'é' is two bytes: a cut inside it keeps the character out.
+        assert_eq!(bounded("aéé".into(), 4), ("aé".into(), true));
+        assert_eq!(bounded("€".repeat(1000), MAX_TEXT_BYTES).0.len(), 1023);
+    }
+
+    #[test]
     fn wire_form_matches_the_protocol() {
         let ev = Event {
             seq: 42,
@@ -249,6 +300,7 @@ mod tests {
             estado: Some("confirmada".into()),
             estado_anterior: Some("pendiente".into()),
             timestamp: "2026-11-28T10:00:00.123Z".into(),
+            fields_truncated: false,
         };
         let Message::Text(text) = ev.to_frame() else {
             panic!("not a text frame")

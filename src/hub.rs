@@ -34,19 +34,19 @@ pub struct Subscriber {
     pub kicked: CancellationToken,
 }
 
-/// How far the listener has published: every seq at or below `cursor` and outside `gaps` was
+/// How far the listener has published: every seq at or below `cursor` and not `pending` was
 /// handed to the hub already; any other seq may still be published later.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogPosition {
     pub cursor: i64,
-    /// Inclusive ranges of seqs below the cursor whose transactions may still commit.
-    pub gaps: Vec<(i64, i64)>,
+    /// Seqs below the cursor whose transactions may still commit (shared, copied on change).
+    pub pending: Arc<roaring::RoaringTreemap>,
 }
 
 impl LogPosition {
     /// True when `seq` may still be published after this position was taken.
     pub fn may_publish_later(&self, seq: i64) -> bool {
-        seq > self.cursor || self.gaps.iter().any(|&(lo, hi)| lo <= seq && seq <= hi)
+        seq > self.cursor || u64::try_from(seq).is_ok_and(|key| self.pending.contains(key))
     }
 }
 
@@ -347,6 +347,7 @@ mod tests {
             estado: Some("pendiente".into()),
             estado_anterior: None,
             timestamp: "2026-11-28T10:00:00.000Z".into(),
+            fields_truncated: false,
         }
     }
 
@@ -386,7 +387,7 @@ mod tests {
         hub.subscribe("a", &a, true);
         let position = LogPosition {
             cursor: 2,
-            gaps: vec![(1, 1)],
+            pending: Arc::new([1u64].into_iter().collect()),
         };
         hub.publish(&[event(1, "b"), event(2, "a")], position.clone());
         let queued = a_rx.try_recv().expect("queued");

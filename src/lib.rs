@@ -48,6 +48,7 @@ pub mod auth;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod cursor;
 pub mod db;
 pub mod demo;
 pub mod event;

@@ -8,19 +8,11 @@
 //!
 //! # Out-of-order commits
 //!
-//! `seq` is taken when a row is written, but rows become visible when their transaction commits,
-//! and transactions can commit out of `seq` order: a long transaction takes seq 10 and commits
-//! after seq 11 has been read. So the cursor alone would skip 10. Each read therefore also
-//! returns its snapshot's `xmin`, and every seq skipped below the cursor is remembered as a
-//! *gap*. Whoever holds that seq already had a transaction id when the read ran (it wrote its
-//! `citas` row before taking the seq, and a later seq was already committed). Right after a read
-//! that found new gaps, the listener asks for `pg_current_xact_id()` in a transaction of its
-//! own: that id is above every id assigned before, the gap's writer's included, and becomes the
-//! gap's *tag*. (The snapshot's `xmax` is not such a bound: it is one past the latest
-//! *completed* id, and a running writer's id can be above it.) Later reads ask for the gaps
-//! again; a gap is delivered when it shows up, and forgotten once a snapshot's `xmin` passes its
-//! tag, because then its writer has ended without committing it (a rollback). No event is
-//! delivered twice: every seq is handed to the hub at most once per process.
+//! Transactions commit out of `seq` order, so a read can skip seqs that commit later. Each read
+//! also returns its snapshot's running transactions; the skipped seqs are tracked, with the
+//! transactions that may hold them, in [`LogCursor`] (see [`crate::cursor`]), and read again
+//! (*probed*) only when one of those transactions ends. No event is delivered twice: every seq
+//! is handed to the hub at most once per process.
 //!
 //! # Failure handling
 //!
@@ -30,7 +22,6 @@
 //! resolves gaps and proves the connection alive; TCP keepalives (see [`crate::db`]) catch a
 //! half-open connection beneath it.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,13 +29,16 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use rand::Rng;
 use tokio::sync::{oneshot, Notify};
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, Row, Statement};
+
+use crate::cursor::{LogCursor, Running};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::db::{with_causes, ConnectError, DbConfig};
 use crate::event::{Announcement, Event, EVENT_COLUMNS};
-use crate::hub::{Hub, LogPosition};
+use crate::hub::Hub;
 use crate::sql::NOTIFY_CHANNEL;
 use crate::stats::Stats;
 
@@ -58,10 +52,6 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// At first start, seqs this far below the newest are checked for writers still in flight.
 const PRIME_WINDOW: i64 = 1000;
-/// The tag of a gap whose bound is not known yet: never given up.
-const UNTAGGED: i64 = i64::MAX;
-/// Gap ranges remembered at most; past this the oldest are given up (and logged).
-const MAX_GAP_RANGES: usize = 10_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -246,7 +236,8 @@ impl Listener {
         }));
 
         client
-            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+            // Its queries are small: JIT compiling one costs more than running it.
+            .batch_execute(&format!("SET jit = off; LISTEN {NOTIFY_CHANNEL}"))
             .await?;
         // Prove that notifications reach this connection: behind a transaction-mode pooler
         // (Supabase's port 6543) LISTEN "succeeds" and nothing ever arrives.
@@ -262,10 +253,7 @@ impl Listener {
         client
             .batch_execute(&format!("UNLISTEN {probe_channel}"))
             .await?;
-        let read = client
-            .prepare(&read_sql())
-            .await
-            .map_err(SessionError::NotInstalled)?;
+        let statements = Statements::prepare(&client).await?;
 
         if log.cursor.is_none() {
             let row = client
@@ -282,12 +270,12 @@ impl Listener {
             // delivered. Ages are measured on the database's clock, so clock skew between the
             // two machines does not matter.
             let since_start = self.started.elapsed().as_secs_f64();
-            self.catch_up(&client, &read, log, Some(since_start))
+            self.catch_up(&client, &statements, log, Some(since_start))
                 .await?;
         }
 
         // Whatever committed while we were away is delivered before we call ourselves live.
-        self.catch_up(&client, &read, log, None).await?;
+        self.catch_up(&client, &statements, log, None).await?;
         self.status.connected.store(true, Ordering::Release);
         *failures = 0;
         tracing::info!(database = %self.db, last_seq = log.cursor.unwrap_or(0), "listener live");
@@ -306,7 +294,7 @@ impl Listener {
                 }
                 _ = self.shutdown.cancelled() => return Ok(()),
             }
-            self.catch_up(&client, &read, log, None).await?;
+            self.catch_up(&client, &statements, log, None).await?;
         }
     }
 
@@ -315,178 +303,183 @@ impl Listener {
     async fn catch_up(
         &self,
         client: &Client,
-        read: &Statement,
+        statements: &Statements,
         log: &mut LogCursor,
         only_last_secs: Option<f64>,
     ) -> Result<(), SessionError> {
         loop {
             let cursor = log.cursor.unwrap_or(0);
-            let (lows, highs) = log.gap_bounds();
-            let rows = tokio::time::timeout(
-                QUERY_TIMEOUT,
-                client.query(read, &[&cursor, &lows, &highs, &READ_BATCH]),
-            )
-            .await
-            .map_err(|_| SessionError::Timeout(QUERY_TIMEOUT))??;
-            let (events, new_rows, ages) = log.absorb(&rows, only_last_secs)?;
-            if log.has_untagged() {
-                // Its own transaction (autocommit): an id above every id assigned so far.
-                let row = client
-                    .query_one("select pg_current_xact_id()::text::bigint", &[])
-                    .await?;
-                log.tag_untagged(row.try_get(0)?);
+            let rows = timed(client.query(&statements.read, &[&cursor, &READ_BATCH])).await?;
+            let read = Read::parse(&rows)?;
+            log.advance(read.rows.iter().map(|r| &r.seq), &read.running);
+            let full = read.rows.len() >= READ_BATCH as usize;
+            let mut batch: Vec<LogRow> = read
+                .rows
+                .into_iter()
+                .filter(|r| only_last_secs.is_none_or(|max| r.age.is_some_and(|age| age <= max)))
+                .collect();
+            let probe = log.to_probe(&read.running);
+            if !probe.is_empty() {
+                let (lows, highs): (Vec<i64>, Vec<i64>) = probe.into_iter().unzip();
+                let rows = timed(client.query_typed(
+                    &statements.probe,
+                    &[(&lows, Type::INT8_ARRAY), (&highs, Type::INT8_ARRAY)],
+                ))
+                .await?;
+                for row in &rows {
+                    let row = LogRow::from_row(row)?;
+                    if log.take(row.seq) {
+                        batch.push(row);
+                    }
+                }
+                let given_up = log.settle(&read.running);
+                if given_up > 0 {
+                    tracing::debug!(given_up, pending = log.pending_len(), "rolled-back seqs");
+                }
             }
-            self.status
-                .last_seq
-                .store(log.cursor.unwrap_or(0), Ordering::Relaxed);
-            // Always, even with no events: the hub records how far the listener has got, which
-            // is what resuming clients de-duplicate against.
-            for age in &ages {
-                self.status.lag.observe(*age);
-            }
-            self.status
-                .events_read
-                .fetch_add(events.len() as u64, Ordering::Relaxed);
-            self.hub.publish(&events, log.position());
-            if let Some(stats) = &self.stats {
-                stats.mark_dirty(&events);
-            }
-            if new_rows < READ_BATCH as usize {
+            batch.sort_by_key(|r| r.seq);
+            self.publish(batch, log);
+            if !full {
                 return Ok(());
             }
         }
     }
+
+    /// Hands a batch to the hub (always, even empty: the hub records how far the listener has
+    /// got, which is what resuming clients de-duplicate against).
+    fn publish(&self, batch: Vec<LogRow>, log: &LogCursor) {
+        let mut events = Vec::with_capacity(batch.len());
+        for row in batch {
+            if let Some(event) = row.event {
+                events.push(event);
+                if let Some(age) = row.age {
+                    self.status.lag.observe(age);
+                }
+            }
+        }
+        self.status
+            .last_seq
+            .store(log.cursor.unwrap_or(0), Ordering::Relaxed);
+        self.status
+            .events_read
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.hub.publish(&events, log.position());
+        if let Some(stats) = &self.stats {
+            stats.mark_dirty(&events);
+        }
+    }
 }
 
-/// One read: the snapshot's bounds, the gaps that have become visible, then up to `$4` new
-/// rows after the cursor. The snapshot is the statement's own, so the bounds describe exactly
-/// what the rows were read under.
+/// A query that must answer within [`QUERY_TIMEOUT`].
+async fn timed<T>(
+    query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, SessionError> {
+    tokio::time::timeout(QUERY_TIMEOUT, query)
+        .await
+        .map_err(|_| SessionError::Timeout(QUERY_TIMEOUT))?
+        .map_err(SessionError::Postgres)
+}
+
+/// The listener's statements: the read, prepared once per connection (its plan, an index
+/// range scan, never changes), and the probe's text, planned with its values each time (a plan
+/// made for a few pending seqs in an empty log would be a disaster for 100,000 in a big one;
+/// probes are rare: one per writer that ends while holding pending seqs).
+struct Statements {
+    read: Statement,
+    probe: String,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Statements, SessionError> {
+        let read = client.prepare(&read_sql()).await;
+        Ok(Statements {
+            read: read.map_err(SessionError::NotInstalled)?,
+            probe: probe_sql(),
+        })
+    }
+}
+
+/// One read: a first row with the snapshot's running transactions (and the backend's pid),
+/// then up to `$2` rows after the cursor `$1`, all under the statement's one snapshot.
 fn read_sql() -> String {
     format!(
         r#"
-with snap as (select pg_current_snapshot() as s)
-select pg_snapshot_xmin(snap.s)::text::bigint as xmin,
-       extract(epoch from clock_timestamp() - e.created_at)::float8 as age_secs,
-       {EVENT_COLUMNS}
-from snap
-left join lateral (
-    (select ev.*
-       from unnest($2::bigint[], $3::bigint[]) as g(lo, hi)
-       join citas_realtime.events ev on ev.seq between g.lo and g.hi)
-    union all
-    (select ev.*
-       from citas_realtime.events ev
-      where ev.seq > $1
-      order by ev.seq
-      limit $4)
-) e on true
-order by e.seq
+select null::bigint as seq, null::text as negocio_id, null::text as cita_id,
+       null::text as action, null::text as estado, null::text as estado_anterior,
+       null::text as ts, null::float8 as age_secs,
+       array(select x::text::bigint from pg_snapshot_xip(pg_current_snapshot()) as x) as running,
+       pg_backend_pid() as pid
+union all
+(select {EVENT_COLUMNS},
+        extract(epoch from clock_timestamp() - e.created_at)::float8, null, null
+   from citas_realtime.events e
+  where e.seq > $1
+  order by e.seq
+  limit $2)
 "#
     )
 }
 
-/// Where the listener is in the log: the highest seq read, and the seqs below it that may
-/// still commit (ranges `lo..=hi`, keyed by `lo`, each with a transaction id above its writer's).
-#[derive(Debug, Default)]
-struct LogCursor {
-    cursor: Option<i64>,
-    gaps: BTreeMap<i64, (i64, i64)>,
+/// A probe: the rows of pending seqs, given as inclusive ranges (`$1` lows, `$2` highs). The
+/// lateral subquery, fenced by `offset 0`, makes the plan one primary-key range scan per range
+/// whatever the statistics say: planned as a join, an unanalyzed log got a nested loop over
+/// every pair (100,000 ranges took 12 minutes instead of half a second).
+fn probe_sql() -> String {
+    format!(
+        r#"
+select e.*
+  from unnest($1::bigint[], $2::bigint[]) as g(lo, hi)
+ cross join lateral (
+       select {EVENT_COLUMNS},
+              extract(epoch from clock_timestamp() - e.created_at)::float8 as age_secs
+         from citas_realtime.events e
+        where e.seq between g.lo and g.hi
+       offset 0) as e
+ order by e.seq
+"#
+    )
 }
 
-impl LogCursor {
-    fn has_untagged(&self) -> bool {
-        self.gaps.values().any(|(_, tag)| *tag == UNTAGGED)
-    }
+/// One row of the log as the listener reads it.
+struct LogRow {
+    seq: i64,
+    /// `None` for an action this version does not know (skipped, logged).
+    event: Option<Event>,
+    /// Seconds since it was written.
+    age: Option<f64>,
+}
 
-    fn tag_untagged(&mut self, tag: i64) {
-        for (_, t) in self.gaps.values_mut() {
-            if *t == UNTAGGED {
-                *t = tag;
-            }
-        }
+impl LogRow {
+    fn from_row(row: &Row) -> Result<LogRow, tokio_postgres::Error> {
+        Ok(LogRow {
+            seq: row.try_get("seq")?,
+            event: Event::from_row(row)?,
+            age: row.try_get("age_secs")?,
+        })
     }
+}
 
-    fn position(&self) -> LogPosition {
-        LogPosition {
-            cursor: self.cursor.unwrap_or(0),
-            gaps: self.gaps.iter().map(|(lo, (hi, _))| (*lo, *hi)).collect(),
-        }
-    }
+/// What one read returned.
+struct Read {
+    running: Running,
+    rows: Vec<LogRow>,
+}
 
-    fn gap_bounds(&self) -> (Vec<i64>, Vec<i64>) {
-        self.gaps.iter().map(|(lo, (hi, _))| (*lo, *hi)).unzip()
-    }
-
-    /// Takes in one read's rows; returns the events to deliver (with `only_last_secs`, only
-    /// those written at most that long ago) and how many rows were new.
-    fn absorb(
-        &mut self,
-        rows: &[Row],
-        only_last_secs: Option<f64>,
-    ) -> Result<(Vec<Event>, usize, Vec<f64>), tokio_postgres::Error> {
-        let Some(first) = rows.first() else {
-            return Ok((Vec::new(), 0, Vec::new()));
+impl Read {
+    fn parse(rows: &[Row]) -> Result<Read, tokio_postgres::Error> {
+        let mut read = Read {
+            running: Running::new(),
+            rows: Vec::with_capacity(rows.len()),
         };
-        let mut ages = Vec::new();
-        let xmin: i64 = first.try_get("xmin")?;
-        let mut cursor = self.cursor.unwrap_or(0);
-        let mut events = Vec::with_capacity(rows.len());
-        let mut new_rows = 0;
         for row in rows {
-            let Some(seq) = row.try_get::<_, Option<i64>>("seq")? else {
-                continue; // the snapshot-only row of an empty read
-            };
-            if seq <= cursor {
-                if !self.take_gap(seq) {
-                    continue; // already delivered; cannot happen, but never send twice
-                }
+            if row.try_get::<_, Option<i64>>("seq")?.is_none() {
+                let running: Vec<i64> = row.try_get("running")?;
+                read.running = running.into_iter().collect();
             } else {
-                if seq > cursor + 1 {
-                    // Tagged once the listener knows an id above its writer's (UNTAGGED).
-                    self.gaps.insert(cursor + 1, (seq - 1, UNTAGGED));
-                }
-                cursor = seq;
-                new_rows += 1;
-            }
-            let age: Option<f64> = row.try_get("age_secs")?;
-            if let Some(max_age) = only_last_secs {
-                if age.is_none_or(|age| age > max_age) {
-                    continue;
-                }
-            }
-            if let Some(event) = Event::from_row(row)? {
-                events.push(event);
-                ages.extend(age);
+                read.rows.push(LogRow::from_row(row)?);
             }
         }
-        self.cursor = Some(cursor);
-        // A gap whose writer has certainly ended (its tag is at or below this snapshot's xmin)
-        // and that this read did not return was rolled back: it will never appear.
-        self.gaps.retain(|_, (_, tag)| *tag > xmin);
-        while self.gaps.len() > MAX_GAP_RANGES {
-            if let Some((lo, (hi, _))) = self.gaps.pop_first() {
-                tracing::warn!(lo, hi, "giving up on an old gap in the event log");
-            }
-        }
-        Ok((events, new_rows, ages))
-    }
-
-    /// Removes `seq` from the gaps; false when it was not in one.
-    fn take_gap(&mut self, seq: i64) -> bool {
-        let Some((&lo, &(hi, tag))) = self.gaps.range(..=seq).next_back() else {
-            return false;
-        };
-        if seq > hi {
-            return false;
-        }
-        self.gaps.remove(&lo);
-        if lo < seq {
-            self.gaps.insert(lo, (seq - 1, tag));
-        }
-        if seq < hi {
-            self.gaps.insert(seq + 1, (hi, tag));
-        }
-        true
+        Ok(read)
     }
 }
 
@@ -502,18 +495,6 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gaps_split_when_filled() {
-        let mut log = LogCursor::default();
-        log.gaps.insert(10, (14, 100));
-        assert!(log.take_gap(12));
-        assert_eq!(log.gap_bounds(), (vec![10, 13], vec![11, 14]));
-        assert!(log.take_gap(10));
-        assert!(log.take_gap(14));
-        assert!(!log.take_gap(14));
-        assert_eq!(log.gap_bounds(), (vec![11, 13], vec![11, 13]));
-    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

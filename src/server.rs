@@ -408,6 +408,50 @@ struct NotifyBody {
     estado: Option<String>,
 }
 
+/// A `POST /notify/cita` body, validated: what `citas_realtime.notify_cita()` is called with.
+#[derive(Debug)]
+struct Notification {
+    negocio_id: String,
+    action: String,
+    cita_id: Option<String>,
+    estado: Option<String>,
+}
+
+impl Notification {
+    /// Every field checked here, so that a bad body is a 400 naming the field, never a
+    /// database error (PostgreSQL text cannot hold NUL, for one).
+    fn from_body(body: &[u8]) -> Result<Notification, String> {
+        let body: NotifyBody = serde_json::from_slice(body).map_err(|error| {
+            format!("body must be {{\"negocio_id\": ..., \"action\": ...}}: {error}")
+        })?;
+        let negocio_id = id_text(&body.negocio_id)
+            .filter(|id| id.len() <= crate::protocol::MAX_NEGOCIO_ID_LEN)
+            .ok_or(
+                "negocio_id must be a string of 1 to 256 bytes without NUL, or an integer of at \
+                 most 2^53 - 1 (send larger ids as strings)",
+            )?;
+        if !NOTIFY_ACTIONS.contains(&body.action.as_str()) {
+            return Err("action must be one of created, updated, deleted, status_changed".into());
+        }
+        let cita_id = match &body.cita_id {
+            None | Some(serde_json::Value::Null) => None,
+            Some(value) => Some(id_text(value).ok_or(
+                "cita_id must be a non-empty string without NUL, or an integer of at most \
+                 2^53 - 1",
+            )?),
+        };
+        if body.estado.as_deref().is_some_and(|e| e.contains('\0')) {
+            return Err("estado must not contain NUL".into());
+        }
+        Ok(Notification {
+            negocio_id,
+            action: body.action,
+            cita_id,
+            estado: body.estado,
+        })
+    }
+}
+
 /// The actions `POST /notify/cita` accepts.
 const NOTIFY_ACTIONS: [&str; 4] = ["created", "updated", "deleted", "status_changed"];
 /// `POST /notify/cita` bodies are a few dozen bytes.
@@ -428,36 +472,16 @@ async fn notify_cita(
             "POST /notify/cita needs a service token (role service_role)",
         );
     }
-    let body: NotifyBody = match serde_json::from_slice(body) {
-        Ok(body) => body,
-        Err(error) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("body must be {{\"negocio_id\": ..., \"action\": ...}}: {error}"),
-            )
-        }
+    let note = match Notification::from_body(body) {
+        Ok(note) => note,
+        Err(reason) => return error_response(StatusCode::BAD_REQUEST, &reason),
     };
-    let Some(negocio_id) =
-        id_text(&body.negocio_id).filter(|id| id.len() <= crate::protocol::MAX_NEGOCIO_ID_LEN)
-    else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "negocio_id must be a string of 1 to 256 bytes, or a number",
-        );
-    };
-    if !NOTIFY_ACTIONS.contains(&body.action.as_str()) {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "action must be one of created, updated, deleted, status_changed",
-        );
-    }
-    let cita_id = body.cita_id.as_ref().and_then(id_text);
     let result = async {
         let client = pool.get().await.map_err(|e| with_causes(&e))?;
         let row = client
             .query_one(
                 "select citas_realtime.notify_cita($1::text, $2::text, $3::text, $4::text)",
-                &[&negocio_id, &body.action, &cita_id, &body.estado],
+                &[&note.negocio_id, &note.action, &note.cita_id, &note.estado],
             )
             .await
             .map_err(|e| with_causes(&e))?;

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::with_causes;
-use crate::event::{Event, Outbound, CHANNEL_PREFIX};
+use crate::event::{Action, Event, Outbound, CHANNEL_PREFIX};
 use crate::hub::{ConnId, Hub};
 use crate::protocol;
 
@@ -100,8 +100,8 @@ impl Stats {
 
     /// The listener read these events. Every negocio they touched, watched or not, loses its
     /// cached snapshot (a negocio nobody watches now must not be served stale figures to its
-    /// next subscriber); those with subscribers are queried next window. A truncate (negocio
-    /// `""`) touches every negocio.
+    /// next subscriber); those with subscribers are queried next window. A truncate touches
+    /// every negocio.
     pub fn mark_dirty(&self, events: &[Event]) {
         if events.is_empty() {
             return;
@@ -109,7 +109,7 @@ impl Stats {
         let mut state = self.state();
         for event in events {
             let negocio = event.negocio_id.as_str();
-            if negocio.is_empty() {
+            if event.action == Action::Truncated {
                 state.cache.clear();
                 let subscribed = self.hub.with_stats_subscribers(None);
                 state.dirty.extend(subscribed);
@@ -256,7 +256,8 @@ async fn query(
             "select citas_realtime.estadisticas($1)::text,
                     greatest(
                       (select max(seq) from citas_realtime.events where negocio_id = $1),
-                      (select max(seq) from citas_realtime.events where negocio_id = ''),
+                      (select max(seq) from citas_realtime.events
+                       where negocio_id = '' and action = 'truncated'),
                       0)",
             &[&negocio],
         )
@@ -265,6 +266,14 @@ async fn query(
     tx.commit().await.map_err(|e| with_causes(&e))?;
     let text: Option<String> = row.get(0);
     let seq: i64 = row.get(1);
+    if let Some(text) = text.as_ref().filter(|t| t.len() > MAX_SNAPSHOT_BYTES) {
+        // Every frame must fit what a socket takes; figures this large are a bug in the
+        // DBA's function, reported as such rather than closing every subscriber.
+        return Err(format!(
+            "the figures are {} bytes of JSON, more than the {MAX_SNAPSHOT_BYTES} a snapshot may carry",
+            text.len()
+        ));
+    }
     let data = match text.map(|t| serde_json::from_str::<Value>(&t)) {
         Some(Ok(Value::Object(map))) => Value::Object(map),
         Some(Ok(other)) => json!({ "value": other }),
@@ -273,6 +282,9 @@ async fn query(
     };
     Ok((seq, data))
 }
+
+/// The most JSON a statistics snapshot may carry.
+pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024;
 
 fn snapshot_frame(channel: &str, mut data: Value, seq: i64) -> Message {
     if let Value::Object(map) = &mut data {

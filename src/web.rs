@@ -16,8 +16,9 @@ const DASHBOARD_JS: &str = include_str!("web/dashboard.js");
 const DASHBOARD_CSS: &str = include_str!("web/dashboard.css");
 const CLIENT_JS: &str = include_str!("web/citas-realtime.js");
 
-/// Only what the page needs: its own files, and WebSockets to its own host.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws: wss:; \
+/// Only what the page needs: its own files, and WebSockets to its own host (`'self'` covers
+/// same-origin `ws:`/`wss:` in current browsers; a bare `ws:` would allow any host).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self'; \
      img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 /// `GET /` and `GET /assets/<file>`.

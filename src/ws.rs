@@ -44,7 +44,7 @@ use crate::access::Access;
 use crate::auth::{now_secs, Principal, Verifier};
 use crate::db::with_causes;
 use crate::event::{Event, Outbound, EVENT_COLUMNS};
-use crate::hub::{ConnectionPermit, Hub, LogPosition, Subscriber};
+use crate::hub::{ConnId, ConnectionPermit, Hub, LogPosition, Subscriber};
 use crate::protocol::{self, ClientMessage, ErrorCode};
 use crate::stats::Stats;
 
@@ -148,7 +148,10 @@ enum Written {
 /// What the connection loop does next.
 enum Flow {
     Continue,
+    /// Close: with this frame (then wait for the client's reply), or at once when `None`.
     Close(Option<CloseFrame>),
+    /// The client sent a Close frame: send tungstenite's reply (RFC 6455 §5.5.1), then close.
+    ClientClosed,
 }
 
 fn too_slow() -> Flow {
@@ -174,7 +177,7 @@ struct Connection<S> {
     me: Subscriber,
     principal: Principal,
     sink: Sink<S>,
-    subscriptions: HashSet<String>,
+    subscriptions: Subscriptions,
     /// Per negocio, seqs a replay already sent that the listener may still publish live.
     replayed: HashMap<String, HashSet<i64>>,
 }
@@ -193,11 +196,15 @@ where
     };
     tracing::debug!(conn = me.id, subject = ?principal.subject, "client connected");
     let mut conn = Connection {
+        subscriptions: Subscriptions {
+            hub: ctx.hub.clone(),
+            id: me.id,
+            negocios: HashSet::new(),
+        },
         ctx,
         me,
         principal,
         sink,
-        subscriptions: HashSet::new(),
         replayed: HashMap::new(),
     };
     // Grows on the first burst; idle connections keep no capacity.
@@ -255,7 +262,8 @@ where
                             ErrorCode::BadRequest, "binary frames are not accepted: send JSON text", None);
                         conn.write(std::iter::once(reply)).await.into()
                     }
-                    Some(Ok(Message::Close(_))) | None => Flow::Close(None),
+                    Some(Ok(Message::Close(_))) => Flow::ClientClosed,
+                    None => Flow::Close(None),
                     Some(Ok(_)) => Flow::Continue, // ping/pong: tungstenite answers pings itself
                     Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(error))) => {
                         tracing::debug!(conn = conn.me.id, %error, "client message too big");
@@ -264,10 +272,7 @@ where
                             "message too big: clients send control messages of up to 16 KiB",
                         )))
                     }
-                    Some(Err(error)) => {
-                        tracing::debug!(conn = conn.me.id, %error, "client read failed");
-                        Flow::Close(None)
-                    }
+                    Some(Err(error)) => read_failed(conn.me.id, error),
                 }
             }
             n = frames.recv_many(&mut batch, WRITE_BATCH) => {
@@ -278,19 +283,26 @@ where
                 }
             }
         };
-        if let Flow::Close(frame) = flow {
-            break frame;
+        match flow {
+            Flow::Continue => {}
+            Flow::Close(frame) => break Some(frame),
+            Flow::ClientClosed => break None,
         }
     };
 
     let Connection {
-        ctx,
         me,
         mut sink,
         subscriptions,
         ..
     } = conn;
-    ctx.hub.unsubscribe_all(&subscriptions, me.id);
+    drop(subscriptions);
+    let Some(close) = close else {
+        // The client closed: tungstenite queued the reply; flushing sends it.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.flush()).await;
+        tracing::debug!(conn = me.id, "client closed");
+        return;
+    };
     if let Some(frame) = close {
         tracing::debug!(conn = me.id, code = %frame.code, reason = %frame.reason, "closing client");
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -422,8 +434,7 @@ where
                     return self.reply(reply).await;
                 }
                 let engine = self.ctx.stats.clone().filter(|_| stats != Some(false));
-                let position = self.ctx.hub.subscribe(&negocio, &self.me, engine.is_some());
-                self.subscriptions.insert(negocio.clone());
+                let position = self.subscriptions.add(&negocio, &self.me, engine.is_some());
                 if let Flow::Close(frame) = self.reply(protocol::subscribed(&channel)).await {
                     return Flow::Close(frame);
                 }
@@ -446,7 +457,6 @@ where
                     Err(reply) => return self.reply(reply).await,
                 };
                 if self.subscriptions.remove(&negocio) {
-                    self.ctx.hub.unsubscribe(&negocio, self.me.id);
                     self.replayed.remove(&negocio);
                 }
                 self.reply(protocol::unsubscribed(&channel)).await
@@ -464,9 +474,19 @@ where
                 return self.reply(reply).await;
             }
         };
+        // A connection is one identity: the per-subject connection count is kept under the
+        // subject it opened with, so a token for someone else may not take it over.
+        if principal.subject != self.principal.subject {
+            let reply = protocol::error(
+                ErrorCode::Unauthorized,
+                "the new token is for another subject (sub): open a new connection for it",
+                None,
+            );
+            return self.reply(reply).await;
+        }
         self.principal = principal;
         let mut lost = Vec::new();
-        for negocio in &self.subscriptions {
+        for negocio in &self.subscriptions.negocios {
             // An access check that cannot be made keeps the subscription: it was allowed, and
             // the token itself verified.
             if let Ok(false) = self.ctx.access.allows(&self.principal, negocio).await {
@@ -476,7 +496,6 @@ where
         let mut replies = vec![protocol::authenticated()];
         for negocio in lost {
             self.subscriptions.remove(&negocio);
-            self.ctx.hub.unsubscribe(&negocio, self.me.id);
             self.replayed.remove(&negocio);
             replies.push(protocol::error(
                 ErrorCode::Forbidden,
@@ -534,6 +553,45 @@ where
     }
 }
 
+/// The connection's subscriptions. Leaving the hub is tied to this value's life: however the
+/// connection's task ends (a close, an error, a panic), dropping it unsubscribes everything.
+struct Subscriptions {
+    hub: Arc<Hub>,
+    id: ConnId,
+    negocios: HashSet<String>,
+}
+
+impl Subscriptions {
+    fn contains(&self, negocio: &str) -> bool {
+        self.negocios.contains(negocio)
+    }
+
+    fn len(&self) -> usize {
+        self.negocios.len()
+    }
+
+    /// Subscribes in the hub; returns the listener's position at that instant.
+    fn add(&mut self, negocio: &str, me: &Subscriber, stats: bool) -> LogPosition {
+        self.negocios.insert(negocio.to_string());
+        self.hub.subscribe(negocio, me, stats)
+    }
+
+    /// Unsubscribes from the hub; false when not subscribed.
+    fn remove(&mut self, negocio: &str) -> bool {
+        let removed = self.negocios.remove(negocio);
+        if removed {
+            self.hub.unsubscribe(negocio, self.id);
+        }
+        removed
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        self.hub.unsubscribe_all(&self.negocios, self.id);
+    }
+}
+
 /// One page of a replay.
 struct Page {
     events: Vec<Event>,
@@ -565,7 +623,8 @@ async fn read_page(
             return Ok(None);
         }
     }
-    // The negocio's events and the truncates (negocio ''), each an ordered range scan of the
+    // The negocio's events and the truncates (logged under negocio '', marked by their action:
+    // a row whose negocio is '' is no truncate), each an ordered range scan of the
     // (negocio_id, seq) index; `negocio_id = any(...)` would read and sort every match instead.
     let sql = format!(
         "select * from (
@@ -573,7 +632,8 @@ async fn read_page(
               where e.negocio_id = $1 and e.seq > $2 order by e.seq limit $3)
             union all
             (select {EVENT_COLUMNS}, e.seq as s from citas_realtime.events e
-              where e.negocio_id = '' and e.seq > $2 order by e.seq limit $3)
+              where e.negocio_id = '' and e.action = 'truncated' and e.seq > $2
+              order by e.seq limit $3)
          ) page order by s limit $3"
     );
     let statement = client
@@ -597,10 +657,15 @@ async fn read_page(
     }))
 }
 
-/// When the connection's token expires, as a timer deadline.
+/// When the connection's token stops being valid (`exp` plus the leeway), as a timer deadline.
+/// Tokens come from strangers: an `exp` too far away for the clock to add is "never" (a
+/// timer a century ahead), not an overflow.
 fn expiry_instant(principal: &Principal) -> tokio::time::Instant {
-    let left = principal.expires_at.saturating_sub(now_secs());
-    tokio::time::Instant::now() + Duration::from_secs(left)
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let left = Duration::from_secs(principal.valid_until.saturating_sub(now_secs())).min(FAR);
+    let now = tokio::time::Instant::now();
+    now.checked_add(left)
+        .unwrap_or(now + Duration::from_secs(24 * 3600))
 }
 
 /// The negocio of `channel`, or the `bad_channel` reply.
@@ -608,6 +673,26 @@ fn negocio_or_error(channel: &str) -> Result<String, Message> {
     protocol::negocio_of(channel)
         .map(str::to_string)
         .map_err(|reason| protocol::error(ErrorCode::BadChannel, &reason, Some(channel)))
+}
+
+/// A failed read: a protocol error gets the close code RFC 6455 gives it (1007 for text that
+/// is not UTF-8, 1002 for a broken frame); a lost connection is just closed.
+fn read_failed(conn: ConnId, error: tokio_tungstenite::tungstenite::Error) -> Flow {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    use tokio_tungstenite::tungstenite::Error;
+    tracing::debug!(conn, %error, "client read failed");
+    match error {
+        Error::Utf8(_) => Flow::Close(Some(close_frame(
+            CloseCode::Invalid,
+            "text frames must be UTF-8",
+        ))),
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Flow::Close(None),
+        Error::Protocol(_) => Flow::Close(Some(close_frame(
+            CloseCode::Protocol,
+            "WebSocket protocol error",
+        ))),
+        _ => Flow::Close(None),
+    }
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {

@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::helpers::{brief, connect, spawn_app, token, TestApp, TestDb, Ws};
 
+const INSTALL_V4: &str = include_str!("../fixtures/install_v4.sql");
 const INSTALL_V3: &str = include_str!("../fixtures/install_v3.sql");
 const INSTALL_V2: &str = include_str!("../fixtures/install_v2.sql");
 const INSTALL_V1: &str = include_str!("../fixtures/install_v1.sql");
@@ -328,4 +329,9 @@ async fn upgrading_from_version_2_under_writes_loses_nothing() {
 #[tokio::test]
 async fn upgrading_from_version_3_under_writes_loses_nothing() {
     upgrade_under_writes(INSTALL_V3, 3).await;
+}
+
+#[tokio::test]
+async fn upgrading_from_version_4_under_writes_loses_nothing() {
+    upgrade_under_writes(INSTALL_V4, 4).await;
 }

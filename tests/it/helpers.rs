@@ -211,6 +211,13 @@ pub async fn spawn_app(db_url: &str) -> TestApp {
     app
 }
 
+/// Starts a server with `config` and waits until its listener is live.
+pub async fn spawn_app_ready(config: Config) -> TestApp {
+    let app = spawn_app_unready(config).await;
+    app.wait_health(200).await;
+    app
+}
+
 /// Starts a server without waiting for its listener.
 pub async fn spawn_app_unready(config: Config) -> TestApp {
     let server = citas_realtime::server::start(&config)

@@ -10,7 +10,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-use crate::helpers::{spawn_app, spawn_app_unready, test_config, token, TestDb, SECRET};
+use crate::helpers::{
+    config_with, spawn_app, spawn_app_ready, spawn_app_unready, test_config, token, TestDb, SECRET,
+};
 
 /// A token that expires `secs` from now.
 fn short_token(claims: serde_json::Value, secs: u64) -> String {
@@ -22,13 +24,37 @@ fn short_token(claims: serde_json::Value, secs: u64) -> String {
 #[tokio::test]
 async fn an_expired_token_closes_the_socket_with_1008() {
     let db = TestDb::new().await;
-    let app = spawn_app(&db.url).await;
+    let app = spawn_app_ready(config_with(&db.url, |a| a.jwt_leeway = Some("0".into()))).await;
     let mut ws = app.ws(&short_token(json!({"negocio_id": "x"}), 2)).await;
     ws.subscribe("x").await;
     let closed = tokio::time::timeout(Duration::from_secs(10), ws.closed())
         .await
         .expect("closed when the token expired");
     assert_eq!(closed, Some(CloseCode::Policy));
+}
+
+/// A token past its `exp` but inside `JWT_LEEWAY` is accepted, and the socket lives until
+/// `exp + leeway`: the rule of the upgrade, not a close at once.
+#[tokio::test]
+async fn a_token_inside_the_leeway_lives_until_exp_plus_leeway() {
+    let db = TestDb::new().await;
+    let app = spawn_app_ready(config_with(&db.url, |a| a.jwt_leeway = Some("4s".into()))).await;
+    let mut claims = json!({"negocio_id": "x"});
+    claims["exp"] = (now_secs() - 1).into();
+    let expired = mint_token(&Secret::new(SECRET), claims, Duration::ZERO).unwrap();
+    let started = std::time::Instant::now();
+    let mut ws = app.ws(&expired).await;
+    ws.subscribe("x").await;
+    db.execute("insert into citas (negocio_id) values ('x')")
+        .await;
+    ws.events(1).await;
+    let closed = ws.closed().await;
+    assert_eq!(closed, Some(CloseCode::Policy));
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_secs(1),
+        "closed after {lived:?}, before exp + leeway"
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod dba;
 mod delivery;
 mod demo;
 mod helpers;
+mod hostile;
 mod limits;
 mod properties;
 mod protocol;

@@ -1,0 +1,264 @@
+//! Where the listener is in the event log: the highest seq read, and the seqs below it that may
+//! still commit.
+//!
+//! # Out-of-order commits
+//!
+//! `seq` is drawn when a row is written, but rows become visible when their transaction commits,
+//! and transactions commit out of `seq` order: a long transaction takes seq 10 and commits after
+//! seq 11 was read. So every seq skipped below the cursor is *pending*: it may still appear.
+//!
+//! Who can still commit a pending seq? A seq `s` skipped by a read is below a seq `c` that read
+//! saw committed, so `s` was drawn before `c` committed, hence before the read's snapshot; and
+//! the writer of `s` had a transaction id when it drew `s` (it changed `citas`, or called
+//! `pg_current_xact_id()` in `notify_cita()`, before writing the log). So that writer was either
+//! finished by the snapshot (and `s` will never appear: a rollback) or in the snapshot's list of
+//! running transactions, its `xip`. A read's new pending seqs therefore form a [`Group`] whose
+//! possible *writers* are that snapshot's `xip`, and nothing else.
+//!
+//! Each later read brings its own `xip`. When one of a group's writers is no longer in it, that
+//! writer ended, and if it committed its rows are now visible: the group is *probed* (its seqs
+//! read from the log). Writers that ended are then struck off, and a group with no writer left
+//! is given up after that probe: whatever did not show up was rolled back. No seq is given up
+//! while a transaction that may hold it is running, however long it runs and however many seqs
+//! other transactions burn meanwhile; and a group costs a probe only when one of its writers
+//! ends, never on every read.
+//!
+//! Memory is proportional to what is pending: the seqs are compressed bitmaps (`roaring`), and
+//! groups whose writers are the same transactions are merged (a long-open transaction ends up
+//! with one group), with a hard cap on their number that merges the oldest ones (a merged group
+//! is only ever probed more often and given up later, never earlier).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use roaring::RoaringTreemap;
+
+use crate::hub::LogPosition;
+
+/// Groups kept at most; beyond this the two oldest are merged.
+const MAX_GROUPS: usize = 64;
+
+/// Pending seqs found by one read (or merged reads), and the transactions that may hold them.
+#[derive(Debug, Clone, PartialEq)]
+struct Group {
+    seqs: RoaringTreemap,
+    /// Transaction ids (`xid8`, as integers) that were running when the seqs were found and have
+    /// not been seen to end since.
+    writers: BTreeSet<i64>,
+}
+
+/// The listener's place in the log. See the module documentation.
+#[derive(Debug, Default)]
+pub struct LogCursor {
+    /// The highest seq read; `None` before the first read.
+    pub cursor: Option<i64>,
+    groups: Vec<Group>,
+    /// Every pending seq (the union of the groups), shared with the hub for resuming clients.
+    pending: Arc<RoaringTreemap>,
+}
+
+/// The running transactions of one snapshot.
+pub type Running = BTreeSet<i64>;
+
+impl LogCursor {
+    /// Takes in one read's new seqs (in increasing order, all above the cursor): moves the
+    /// cursor and records the seqs it skipped as pending, held by `running`.
+    pub fn advance<'a>(&mut self, seqs: impl IntoIterator<Item = &'a i64>, running: &Running) {
+        let mut cursor = self.cursor.unwrap_or(0);
+        let mut skipped = RoaringTreemap::new();
+        for &seq in seqs {
+            if seq <= cursor {
+                continue; // cannot happen: reads ask for seqs above the cursor
+            }
+            if seq > cursor + 1 {
+                skipped.insert_range(as_key(cursor + 1)..as_key(seq));
+            }
+            cursor = seq;
+        }
+        self.cursor = Some(cursor);
+        if skipped.is_empty() || running.is_empty() {
+            return; // nobody was writing: the skipped seqs were rolled back
+        }
+        *Arc::make_mut(&mut self.pending) |= &skipped;
+        self.groups.push(Group {
+            seqs: skipped,
+            writers: running.clone(),
+        });
+        self.compact();
+    }
+
+    /// The pending seqs that may have become visible: those of every group with a writer that
+    /// is not running any more. As inclusive ranges `(lo, hi)`, for the probe query.
+    pub fn to_probe(&self, running: &Running) -> Vec<(i64, i64)> {
+        let mut seqs = RoaringTreemap::new();
+        for group in &self.groups {
+            if !group.writers.is_subset(running) {
+                seqs |= &group.seqs;
+            }
+        }
+        ranges(&seqs)
+    }
+
+    /// A pending seq showed up in the log: it leaves the pending set. False when it was not
+    /// pending (already delivered: never deliver twice).
+    pub fn take(&mut self, seq: i64) -> bool {
+        let Ok(key) = u64::try_from(seq) else {
+            return false;
+        };
+        if !self.pending.contains(key) {
+            return false;
+        }
+        Arc::make_mut(&mut self.pending).remove(key);
+        for group in &mut self.groups {
+            if group.seqs.remove(key) {
+                break;
+            }
+        }
+        true
+    }
+
+    /// After the probe of [`LogCursor::to_probe`]: writers not in `running` (the read's running
+    /// transactions, taken before the probe) have ended and their rows were probed, so they
+    /// are struck off; a group left without writers is given up. Returns how many seqs were
+    /// given up (rolled back).
+    pub fn settle(&mut self, running: &Running) -> u64 {
+        let mut given_up = RoaringTreemap::new();
+        self.groups.retain_mut(|group| {
+            group.writers.retain(|xid| running.contains(xid));
+            if group.writers.is_empty() || group.seqs.is_empty() {
+                given_up |= &group.seqs;
+                false
+            } else {
+                true
+            }
+        });
+        if !given_up.is_empty() {
+            *Arc::make_mut(&mut self.pending) -= &given_up;
+        }
+        self.compact();
+        given_up.len()
+    }
+
+    /// How many seqs are pending.
+    pub fn pending_len(&self) -> u64 {
+        self.pending.len()
+    }
+
+    /// What resuming clients de-duplicate against (see [`LogPosition`]).
+    pub fn position(&self) -> LogPosition {
+        LogPosition {
+            cursor: self.cursor.unwrap_or(0),
+            pending: self.pending.clone(),
+        }
+    }
+
+    /// Merges groups with the same writers, and the oldest ones beyond [`MAX_GROUPS`].
+    fn compact(&mut self) {
+        let mut merged: Vec<Group> = Vec::with_capacity(self.groups.len());
+        for group in self.groups.drain(..) {
+            match merged.iter_mut().find(|g| g.writers == group.writers) {
+                Some(same) => same.seqs |= group.seqs,
+                None => merged.push(group),
+            }
+        }
+        while merged.len() > MAX_GROUPS {
+            let oldest = merged.remove(0);
+            merged[0].seqs |= oldest.seqs;
+            merged[0].writers.extend(oldest.writers);
+        }
+        self.groups = merged;
+    }
+}
+
+fn as_key(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+/// A set of seqs as inclusive ranges of consecutive seqs.
+fn ranges(seqs: &RoaringTreemap) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for key in seqs.iter() {
+        let seq = i64::try_from(key).unwrap_or(i64::MAX);
+        match out.last_mut() {
+            Some((_, hi)) if *hi + 1 == seq => *hi = seq,
+            _ => out.push((seq, seq)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(xids: &[i64]) -> Running {
+        xids.iter().copied().collect()
+    }
+
+    #[test]
+    fn skipped_seqs_wait_for_their_writers() {
+        let mut log = LogCursor {
+            cursor: Some(5),
+            ..LogCursor::default()
+        };
+        log.advance(&[6, 9, 10], &running(&[100, 101]));
+        assert_eq!(log.cursor, Some(10));
+        assert_eq!(log.pending_len(), 2);
+        assert!(log.position().may_publish_later(7));
+        assert!(!log.position().may_publish_later(9));
+        // Both writers still running: nothing to probe, nothing given up.
+        assert!(log.to_probe(&running(&[100, 101, 102])).is_empty());
+        assert_eq!(log.settle(&running(&[100, 101, 102])), 0);
+        // 101 ended: probe; 8 showed up; 7 stays pending while 100 runs.
+        let now = running(&[100]);
+        assert_eq!(log.to_probe(&now), vec![(7, 8)]);
+        assert!(log.take(8));
+        assert!(!log.take(8));
+        assert_eq!(log.settle(&now), 0);
+        assert!(log.position().may_publish_later(7));
+        // 100 ended too: one more probe, then 7 is given up.
+        assert_eq!(log.to_probe(&running(&[])), vec![(7, 7)]);
+        assert_eq!(log.settle(&running(&[])), 1);
+        assert_eq!(log.pending_len(), 0);
+    }
+
+    #[test]
+    fn nobody_running_means_rolled_back() {
+        let mut log = LogCursor::default();
+        log.advance(&[3], &running(&[]));
+        assert_eq!(log.pending_len(), 0);
+        assert_eq!(log.cursor, Some(3));
+    }
+
+    #[test]
+    fn a_long_transaction_keeps_many_gaps_in_one_group() {
+        let mut log = LogCursor::default();
+        let mut seq = 0;
+        for i in 0..100_000i64 {
+            // Each read skips one seq (a rollback) while transaction 1 and a short one run.
+            seq += 2;
+            log.advance(&[seq], &running(&[1, 1000 + i]));
+            let now = running(&[1]);
+            for (lo, hi) in log.to_probe(&now) {
+                assert!(lo >= 1 && hi <= seq);
+            }
+            log.settle(&now);
+        }
+        assert_eq!(log.groups.len(), 1);
+        assert_eq!(log.pending_len(), 100_000);
+        assert!(log.position().may_publish_later(1));
+        // The long transaction ends: one probe over everything, then all is given up.
+        assert_eq!(log.to_probe(&running(&[])).len(), 100_000);
+        assert_eq!(log.settle(&running(&[])), 100_000);
+    }
+
+    #[test]
+    fn groups_are_capped_by_merging_the_oldest() {
+        let mut log = LogCursor::default();
+        for i in 0..(MAX_GROUPS as i64 * 3) {
+            log.advance(&[(i + 1) * 2], &running(&[i]));
+        }
+        assert!(log.groups.len() <= MAX_GROUPS);
+        assert_eq!(log.pending_len(), MAX_GROUPS as u64 * 3);
+    }
+}
