@@ -105,3 +105,37 @@ test('a token that does not grant the negocio is told so', async () => {
   assert.match(await error.textContent(), /forbidden/);
   await page.close();
 });
+
+test("the page's CSP allows WebSockets to its own host only", async () => {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(DEADLINE_MS);
+  await page.goto(`http://${server.addr}/`);
+  const port = Number(server.addr.slice(server.addr.lastIndexOf(':') + 1));
+  // The same server under another origin (another port through the proxy): refused by the CSP
+  // before any connection is made. Its own origin: allowed ('self' covers ws: of the same host).
+  const outcome = (url) =>
+    page.evaluate(
+      (target) =>
+        new Promise((resolve) => {
+          const onViolation = (e) => {
+            if (e.blockedURI.startsWith(target.slice(0, target.indexOf('/ws')))) resolve(`blocked:${e.violatedDirective}`);
+          };
+          document.addEventListener('securitypolicyviolation', onViolation);
+          let socket;
+          try {
+            socket = new WebSocket(target);
+          } catch (error) {
+            resolve(`threw:${error.name}`);
+            return;
+          }
+          socket.onopen = () => resolve('open');
+          socket.onerror = () => setTimeout(() => resolve('error'), 500);
+        }),
+      url,
+    );
+  const other = await outcome(`ws://${proxy.addr}/ws?token=x`);
+  assert.match(other, /^(blocked:connect-src|threw:SecurityError)$/, `another origin: ${other}`);
+  const token = server.token({ negocio_id: 'negocio_123' });
+  assert.equal(await outcome(`ws://127.0.0.1:${port}/ws?token=${token}`), 'open');
+  await page.close();
+});
