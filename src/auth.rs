@@ -13,7 +13,6 @@
 //!   (where Supabase keeps custom claims); numbers are accepted too, as text, for bigint ids;
 //! * `role: "service_role"` grants every negocio.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,12 +26,24 @@ use crate::jwks::Jwks;
 /// Seconds of clock skew tolerated on `exp` (and `nbf`) unless configured.
 pub const LEEWAY_SECS: u64 = 30;
 
-/// Optional claim checks (`JWT_AUDIENCE`, `JWT_ISSUER`, `JWT_LEEWAY`).
+/// Default largest token, in bytes (Supabase's are about 1 KiB).
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Default most negocios one token may grant.
+pub const DEFAULT_MAX_NEGOCIOS: usize = 1000;
+
+/// Claim checks and bounds (`JWT_AUDIENCE`, `JWT_ISSUER`, `JWT_LEEWAY`, `MAX_TOKEN_BYTES`,
+/// `MAX_TOKEN_NEGOCIOS`).
 #[derive(Debug, Clone)]
 pub struct TokenChecks {
     pub audience: Option<String>,
     pub issuer: Option<String>,
     pub leeway_secs: u64,
+    /// Tokens longer than this are refused before anything is decoded.
+    pub max_token_bytes: usize,
+    /// Tokens whose claims name more negocios than this are refused.
+    pub max_negocios: usize,
+    /// Keep each principal's claims (for `CAN_SUBSCRIBE_FUNCTION`).
+    pub keep_claims: bool,
 }
 
 impl Default for TokenChecks {
@@ -41,6 +52,9 @@ impl Default for TokenChecks {
             audience: None,
             issuer: None,
             leeway_secs: LEEWAY_SECS,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            max_negocios: DEFAULT_MAX_NEGOCIOS,
+            keep_claims: true,
         }
     }
 }
@@ -70,6 +84,10 @@ pub enum AuthError {
     MissingClaim(String),
     #[error("malformed token")]
     Malformed,
+    #[error("token too large: at most {0} bytes")]
+    TooLarge(usize),
+    #[error("token grants too many negocios: at most {0}")]
+    TooManyNegocios(usize),
 }
 
 /// What a verified token may see.
@@ -77,15 +95,24 @@ pub enum AuthError {
 pub enum Grants {
     /// `service_role`: every negocio.
     All,
-    /// Exactly these negocios (possibly none).
-    Negocios(HashSet<String>),
+    /// Exactly these negocios (possibly none), sorted and without repeats: a compact list
+    /// every connection holds, searched on subscribe only.
+    Negocios(Box<[Box<str>]>),
 }
 
 impl Grants {
+    /// Grants for these negocios.
+    pub fn negocios(ids: impl IntoIterator<Item = String>) -> Grants {
+        let mut ids: Vec<Box<str>> = ids.into_iter().map(String::into_boxed_str).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Grants::Negocios(ids.into_boxed_slice())
+    }
+
     pub fn allows(&self, negocio_id: &str) -> bool {
         match self {
             Grants::All => true,
-            Grants::Negocios(set) => set.contains(negocio_id),
+            Grants::Negocios(ids) => ids.binary_search_by(|id| (**id).cmp(negocio_id)).is_ok(),
         }
     }
 }
@@ -102,7 +129,8 @@ pub struct Principal {
     pub valid_until: u64,
     /// The claims as JSON text, without those that change with every token issued (`exp`,
     /// `iat`, `nbf`, `jti`): what the optional SQL access check ([`crate::access`]) is asked
-    /// with and caches by. Text, not a parsed map, because every connection holds one.
+    /// with and caches by. Kept only when that check is configured (else empty): text, not a
+    /// parsed map, because every connection holds one.
     pub claims: Arc<str>,
 }
 
@@ -114,6 +142,9 @@ pub struct Verifier {
     jwks: Option<Arc<Jwks>>,
     /// The claim checks; `algorithms` is set per key.
     validation: Validation,
+    max_token_bytes: usize,
+    max_negocios: usize,
+    keep_claims: bool,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -164,6 +195,9 @@ impl Verifier {
             secret,
             jwks,
             validation,
+            max_token_bytes: checks.max_token_bytes,
+            max_negocios: checks.max_negocios,
+            keep_claims: checks.keep_claims,
         })
     }
 
@@ -173,6 +207,9 @@ impl Verifier {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);
+        }
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLarge(self.max_token_bytes));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName | ErrorKind::InvalidAlgorithm => {
@@ -220,12 +257,22 @@ impl Verifier {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or(AuthError::NoExpiry)?;
+        let grants = grants_from_claims(&claims);
+        if let Grants::Negocios(ids) = &grants {
+            if ids.len() > self.max_negocios {
+                return Err(AuthError::TooManyNegocios(self.max_negocios));
+            }
+        }
         Ok(Principal {
             subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
-            grants: grants_from_claims(&claims),
+            grants,
             expires_at,
             valid_until: expires_at.saturating_add(self.validation.leeway),
-            claims: identity_claims(claims).into(),
+            claims: if self.keep_claims {
+                identity_claims(claims).into()
+            } else {
+                Arc::from("")
+            },
         })
     }
 }
@@ -250,16 +297,16 @@ pub fn grants_from_claims(claims: &Value) -> Grants {
     if role(claims) || app_metadata.is_some_and(role) {
         return Grants::All;
     }
-    let mut set = HashSet::new();
+    let mut ids = Vec::new();
     for scope in [Some(claims), app_metadata].into_iter().flatten() {
         if let Some(id) = scope.get("negocio_id").and_then(id_text) {
-            set.insert(id);
+            ids.push(id);
         }
-        if let Some(ids) = scope.get("negocio_ids").and_then(Value::as_array) {
-            set.extend(ids.iter().filter_map(id_text));
+        if let Some(list) = scope.get("negocio_ids").and_then(Value::as_array) {
+            ids.extend(list.iter().filter_map(id_text));
         }
     }
-    Grants::Negocios(set)
+    Grants::negocios(ids)
 }
 
 /// Integers beyond this lose digits in JavaScript and many JSON parsers (RFC 7493): such ids
@@ -311,7 +358,7 @@ mod tests {
     use serde_json::json;
 
     fn set(ids: &[&str]) -> Grants {
-        Grants::Negocios(ids.iter().map(|s| s.to_string()).collect())
+        Grants::negocios(ids.iter().map(|s| s.to_string()))
     }
 
     #[test]

@@ -227,6 +227,37 @@ pub struct ServeArgs {
     /// Messages a client may send at once above the sustained rate [default: 200].
     #[arg(long, env = "CLIENT_MESSAGE_BURST")]
     pub client_message_burst: Option<String>,
+
+    /// Events a connection may have replayed (subscribe with since) per minute; beyond it the
+    /// subscription gets resync instead [default: 10 x CLIENT_QUEUE_CAPACITY].
+    #[arg(long, env = "CLIENT_REPLAY_BUDGET")]
+    pub client_replay_budget: Option<String>,
+
+    /// Longest a client may take to send a request's headers; also how long an idle keep-alive
+    /// HTTP connection is kept [default: 10s].
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT")]
+    pub http_header_timeout: Option<String>,
+
+    /// Longest a client may take to send a request's body (POST /notify/cita) [default: 10s].
+    #[arg(long, env = "HTTP_BODY_TIMEOUT")]
+    pub http_body_timeout: Option<String>,
+
+    /// Largest request line plus headers, in bytes; 431 beyond [default: 32768].
+    #[arg(long, env = "HTTP_MAX_HEADER_BYTES")]
+    pub http_max_header_bytes: Option<String>,
+
+    /// Connections accepted and not yet upgraded to a WebSocket; a new one beyond this closes
+    /// the oldest [default: 1000].
+    #[arg(long, env = "MAX_PENDING_CONNECTIONS")]
+    pub max_pending_connections: Option<String>,
+
+    /// Largest token accepted, in bytes; 401 beyond [default: 16384].
+    #[arg(long, env = "MAX_TOKEN_BYTES")]
+    pub max_token_bytes: Option<String>,
+
+    /// Most negocios one token's claims may grant; 401 beyond [default: 1000].
+    #[arg(long, env = "MAX_TOKEN_NEGOCIOS")]
+    pub max_token_negocios: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

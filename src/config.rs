@@ -10,6 +10,7 @@ use crate::access::{FunctionName, HookSettings};
 use crate::auth::TokenChecks;
 use crate::cli::ServeArgs;
 use crate::db::DbConfig;
+use crate::http::HttpSettings;
 use crate::jwks::JwksSource;
 use crate::stats::StatsSettings;
 
@@ -75,6 +76,8 @@ pub struct Config {
     pub limits: Limits,
     /// Serve the dashboard page at `GET /`.
     pub dashboard: bool,
+    /// What a connection may hold before it is upgraded.
+    pub http: HttpSettings,
 }
 
 /// Where the JWKS comes from and how often an unknown `kid` may refetch it.
@@ -96,9 +99,17 @@ pub struct Limits {
     pub client_message_rate: u32,
     /// Messages a client may send at once.
     pub client_message_burst: u32,
+    /// Events a connection may have replayed per minute.
+    pub replay_budget: u32,
 }
 
 impl Limits {
+    /// The per-connection replay budget: `replay_budget` events per minute, all of them at once.
+    pub fn replay_quota(&self) -> governor::Quota {
+        let budget = NonZeroU32::new(self.replay_budget).unwrap_or(NonZeroU32::MIN);
+        governor::Quota::per_minute(budget).allow_burst(budget)
+    }
+
     /// The per-connection message quota.
     pub fn message_quota(&self) -> governor::Quota {
         let rate = NonZeroU32::new(self.client_message_rate).unwrap_or(NonZeroU32::MIN);
@@ -200,6 +211,12 @@ impl Config {
             false => None,
         };
         let limits = Limits {
+            replay_budget: number(
+                &args.client_replay_budget,
+                "CLIENT_REPLAY_BUDGET",
+                1..=100_000_000,
+                client_queue_capacity * 10,
+            )? as u32,
             allowed_origins: non_empty(&args.allowed_origins)
                 .map(|list| {
                     list.split(',')
@@ -242,6 +259,19 @@ impl Config {
         let token_checks = TokenChecks {
             audience: non_empty(&args.jwt_audience).map(str::to_string),
             issuer: non_empty(&args.jwt_issuer).map(str::to_string),
+            keep_claims: access_hook.is_some(),
+            max_token_bytes: number(
+                &args.max_token_bytes,
+                "MAX_TOKEN_BYTES",
+                256..=1_048_576,
+                crate::auth::DEFAULT_MAX_TOKEN_BYTES,
+            )?,
+            max_negocios: number(
+                &args.max_token_negocios,
+                "MAX_TOKEN_NEGOCIOS",
+                1..=1_000_000,
+                crate::auth::DEFAULT_MAX_NEGOCIOS,
+            )?,
             leeway_secs: match non_empty(&args.jwt_leeway) {
                 None => crate::auth::LEEWAY_SECS,
                 Some("0") | Some("0s") => 0,
@@ -255,7 +285,34 @@ impl Config {
             },
         };
         let dashboard = switch(&args.dashboard, "DASHBOARD", true)?;
+        let http = HttpSettings {
+            header_timeout: duration(
+                &args.http_header_timeout,
+                "HTTP_HEADER_TIMEOUT",
+                Duration::from_millis(100),
+                Duration::from_secs(10),
+            )?,
+            body_timeout: duration(
+                &args.http_body_timeout,
+                "HTTP_BODY_TIMEOUT",
+                Duration::from_millis(100),
+                Duration::from_secs(10),
+            )?,
+            max_header_bytes: number(
+                &args.http_max_header_bytes,
+                "HTTP_MAX_HEADER_BYTES",
+                4096..=1_048_576,
+                32 * 1024,
+            )?,
+            max_pending: number(
+                &args.max_pending_connections,
+                "MAX_PENDING_CONNECTIONS",
+                1..=10_000_000,
+                1000,
+            )?,
+        };
         Ok(Config {
+            http,
             dashboard,
             database,
             jwt_secret,

@@ -81,27 +81,29 @@ pub enum Refused {
     SubjectFull,
 }
 
+/// The per-subject key of tokens without a `sub` claim (a token whose `sub` is `""` shares it
+/// too, which is no way around the limit either).
+const NO_SUBJECT: &str = "";
+
 /// A reserved connection slot; released when dropped.
 #[derive(Debug)]
 pub struct ConnectionPermit {
     hub: Arc<Hub>,
-    subject: Option<String>,
+    subject: String,
 }
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.hub.connections.fetch_sub(1, Ordering::Relaxed);
-        if let Some(subject) = &self.subject {
-            let mut per = self
-                .hub
-                .per_subject
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(n) = per.get_mut(subject) {
-                *n -= 1;
-                if *n == 0 {
-                    per.remove(subject);
-                }
+        let mut per = self
+            .hub
+            .per_subject
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per.get_mut(&self.subject) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.subject);
             }
         }
     }
@@ -155,18 +157,24 @@ impl Hub {
         if self.connections.load(Ordering::Relaxed) >= max_total {
             return Err(Refused::ServerFull);
         }
-        if let Some(subject) = subject {
-            let n = per.entry(subject.to_string()).or_default();
-            if *n >= max_per_subject {
-                return Err(Refused::SubjectFull);
-            }
-            *n += 1;
+        // Tokens without `sub` all count under one shared key: leaving the claim out is no
+        // way around the per-subject limit.
+        let key = subject.unwrap_or(NO_SUBJECT);
+        let n = per.entry(key.to_string()).or_default();
+        if *n >= max_per_subject {
+            return Err(Refused::SubjectFull);
         }
+        *n += 1;
         self.connections.fetch_add(1, Ordering::Relaxed);
         Ok(ConnectionPermit {
             hub: self.clone(),
-            subject: subject.map(str::to_string),
+            subject: key.to_string(),
         })
+    }
+
+    /// Open (or upgrading) WebSocket connections: cheaper than [`Hub::stats`].
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Counts events sent by replays (clients resuming with `since`).

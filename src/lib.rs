@@ -52,6 +52,7 @@ pub mod cursor;
 pub mod db;
 pub mod demo;
 pub mod event;
+pub mod http;
 pub mod hub;
 pub mod jwks;
 pub mod listener;

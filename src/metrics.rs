@@ -77,6 +77,7 @@ impl Metrics {
         status: Arc<ListenerStatus>,
         stats: Option<Arc<Stats>>,
         security: &SecurityCounters,
+        http: &crate::http::HttpCounters,
     ) -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
@@ -137,6 +138,10 @@ impl Metrics {
         }
         m.registry
             .register(Box::new(m.status.unrecognised.clone()))?;
+        for c in [&http.client_errors, &http.evicted, &http.refused] {
+            m.registry.register(Box::new(c.clone()))?;
+        }
+        m.registry.register(Box::new(http.pending.clone()))?;
         Ok(m)
     }
 

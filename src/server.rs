@@ -91,6 +91,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         .clone()
         .map(|engine| tokio::spawn(engine.run(shutdown.clone())));
     let security = Arc::new(SecurityCounters::default());
+    let http_counters = Arc::new(crate::http::HttpCounters::default());
     let access = Arc::new(Access::new(
         config.access_hook.clone(),
         pool.clone(),
@@ -101,6 +102,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         access,
         max_subscriptions: config.limits.max_subscriptions,
         message_quota: config.limits.message_quota(),
+        replay_quota: config.limits.replay_quota(),
         security: security.clone(),
         stats: stats.clone(),
         hub: hub.clone(),
@@ -119,8 +121,14 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     );
     let listener = tokio::spawn(listener.run());
     let metrics = Arc::new(
-        crate::metrics::Metrics::new(hub.clone(), status.clone(), stats.clone(), &security)
-            .context("cannot set up metrics")?,
+        crate::metrics::Metrics::new(
+            hub.clone(),
+            status.clone(),
+            stats.clone(),
+            &security,
+            &http_counters,
+        )
+        .context("cannot set up metrics")?,
     );
     let routes = routes(
         ctx,
@@ -129,12 +137,21 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         metrics,
         Arc::new(config.limits.clone()),
         config.dashboard,
+        config.http.body_timeout,
     );
+    let http_counters = http_counters.clone();
     let http = tokio::spawn(
-        warp::serve(routes)
-            .incoming(tcp)
-            .graceful(shutdown.clone().cancelled_owned())
-            .run(),
+        crate::http::Server {
+            listener: tcp,
+            routes,
+            settings: config.http.clone(),
+            counters: http_counters,
+            hub: hub.clone(),
+            open_file_limit: crate::http::raise_open_file_limit(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        }
+        .run(),
     );
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -201,6 +218,7 @@ fn routes(
     metrics: Arc<crate::metrics::Metrics>,
     limits: Arc<Limits>,
     dashboard: bool,
+    body_timeout: Duration,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let hub = ctx.hub.clone();
     let stats = ctx.stats.clone();
@@ -229,17 +247,28 @@ fn routes(
         )
         .and(warp::header::headers_cloned())
         .and(warp::body::content_length_limit(NOTIFY_BODY_LIMIT))
-        .and(warp::body::bytes())
+        .and(warp::body::stream())
         .then(
-            move |query: HashMap<String, String>, headers: HeaderMap, body: bytes::Bytes| {
+            move |query: HashMap<String, String>, headers: HeaderMap, body| {
                 let (pool, verifier, security) =
                     (ctx.pool.clone(), verifier.clone(), ctx.security.clone());
                 async move {
+                    // The token first: a stranger's body is never read.
                     let principal = match authenticate(&verifier, &query, &headers).await {
                         Ok(principal) => principal,
                         Err(refusal) => return refusal,
                     };
-                    notify_cita(&pool, &security, &principal, &body).await
+                    if principal.grants != Grants::All {
+                        return error_response(
+                            StatusCode::FORBIDDEN,
+                            "POST /notify/cita needs a service token (role service_role)",
+                        );
+                    }
+                    let body = match read_body(body, body_timeout).await {
+                        Ok(body) => body,
+                        Err(refusal) => return refusal,
+                    };
+                    notify_cita(&pool, &security, &body).await
                 }
             },
         );
@@ -452,6 +481,45 @@ impl Notification {
     }
 }
 
+/// Reads a body of at most [`NOTIFY_BODY_LIMIT`] bytes within `timeout` (408 otherwise: a
+/// client that stalls mid-body holds nothing for long).
+async fn read_body<S, B>(body: S, timeout: Duration) -> Result<Vec<u8>, Response>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures::StreamExt;
+    let read = async {
+        let mut out = Vec::new();
+        futures::pin_mut!(body);
+        while let Some(chunk) = body.next().await {
+            let mut chunk =
+                chunk.map_err(|_| error_response(StatusCode::BAD_REQUEST, "bad body"))?;
+            if out.len() + chunk.remaining() > NOTIFY_BODY_LIMIT as usize {
+                return Err(error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body too large",
+                ));
+            }
+            while chunk.has_remaining() {
+                let piece = chunk.chunk();
+                out.extend_from_slice(piece);
+                let n = piece.len();
+                chunk.advance(n);
+            }
+        }
+        Ok(out)
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body took longer than HTTP_BODY_TIMEOUT",
+            ))
+        })
+}
+
 /// The actions `POST /notify/cita` accepts.
 const NOTIFY_ACTIONS: [&str; 4] = ["created", "updated", "deleted", "status_changed"];
 /// `POST /notify/cita` bodies are a few dozen bytes.
@@ -463,15 +531,8 @@ const NOTIFY_BODY_LIMIT: u64 = 16 * 1024;
 async fn notify_cita(
     pool: &deadpool_postgres::Pool,
     security: &SecurityCounters,
-    principal: &Principal,
     body: &[u8],
 ) -> Response {
-    if principal.grants != Grants::All {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            "POST /notify/cita needs a service token (role service_role)",
-        );
-    }
     let note = match Notification::from_body(body) {
         Ok(note) => note,
         Err(reason) => return error_response(StatusCode::BAD_REQUEST, &reason),

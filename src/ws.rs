@@ -89,6 +89,8 @@ pub struct WsContext {
     pub max_subscriptions: usize,
     /// Messages a client may send: a sustained rate and a burst.
     pub message_quota: governor::Quota,
+    /// Events a connection may have replayed: per minute, and at once.
+    pub replay_quota: governor::Quota,
     pub security: Arc<crate::metrics::SecurityCounters>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
@@ -180,7 +182,15 @@ struct Connection<S> {
     subscriptions: Subscriptions,
     /// Per negocio, seqs a replay already sent that the listener may still publish live.
     replayed: HashMap<String, HashSet<i64>>,
+    /// What replays may still cost (`CLIENT_REPLAY_BUDGET` events per minute).
+    replay_budget: Limiter,
 }
+
+type Limiter = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    governor::clock::MonotonicClock,
+>;
 
 async fn serve<S>(ctx: WsContext, io: S, principal: Principal)
 where
@@ -195,6 +205,7 @@ where
         kicked: CancellationToken::new(),
     };
     tracing::debug!(conn = me.id, subject = ?principal.subject, "client connected");
+    let ctx_replay_quota = ctx.replay_quota;
     let mut conn = Connection {
         subscriptions: Subscriptions {
             hub: ctx.hub.clone(),
@@ -206,6 +217,10 @@ where
         principal,
         sink,
         replayed: HashMap::new(),
+        replay_budget: Limiter::direct_with_clock(
+            ctx_replay_quota,
+            governor::clock::MonotonicClock,
+        ),
     };
     // Grows on the first burst; idle connections keep no capacity.
     let mut batch = Vec::new();
@@ -243,7 +258,9 @@ where
             incoming = stream.next() => {
                 last_heard = Instant::now();
                 match incoming {
-                    Some(Ok(Message::Text(_) | Message::Binary(_))) if limiter.check().is_err() => {
+                    // Every frame a client sends counts, pings and pongs included (a ping costs
+                    // us a pong); only its Close does not.
+                    Some(Ok(ref message)) if !message.is_close() && limiter.check().is_err() => {
                         tracing::debug!(conn = conn.me.id, "client exceeded its message rate");
                         conn.ctx.security.rate_limited.inc();
                         Flow::Close(Some(close_frame(
@@ -506,6 +523,14 @@ where
         self.write(replies.into_iter()).await.into()
     }
 
+    /// Takes `rows` events from the connection's replay budget; false when it cannot pay.
+    fn charge_replay(&self, rows: usize) -> bool {
+        let Some(n) = std::num::NonZeroU32::new(rows.min(u32::MAX as usize) as u32) else {
+            return true;
+        };
+        matches!(self.replay_budget.check_n(n), Ok(Ok(())))
+    }
+
     async fn reply(&mut self, message: Message) -> Flow {
         self.write(std::iter::once(message)).await.into()
     }
@@ -521,7 +546,13 @@ where
         let mut after = since;
         let mut first_page = true;
         loop {
-            let page = match read_page(&self.ctx.pool, negocio, after, first_page).await {
+            // Never more frames held than the queue could take (the replay counts against it
+            // like live events), nor more than the budget could ever pay for at once.
+            let limit = (self.me.queue.capacity() as i64)
+                .clamp(1, REPLAY_PAGE)
+                .min(i64::from(self.ctx.replay_quota.burst_size().get()));
+            let read = read_page(&self.ctx.pool, negocio, after, first_page, limit).await;
+            let page = match read {
                 Ok(Some(page)) => page,
                 Ok(None) => return self.reply(protocol::resync(channel)).await,
                 Err(error) => {
@@ -530,7 +561,11 @@ where
                 }
             };
             first_page = false;
-            let full = page.rows == REPLAY_PAGE as usize;
+            let full = page.rows as i64 == limit;
+            if !self.charge_replay(page.rows) {
+                tracing::debug!(conn = self.me.id, negocio, "replay budget spent: resync");
+                return self.reply(protocol::resync(channel)).await;
+            }
             after = page.last_seq.unwrap_or(after);
             let mut frames = Vec::with_capacity(page.events.len());
             for event in &page.events {
@@ -606,6 +641,7 @@ async fn read_page(
     negocio: &str,
     after: i64,
     first_page: bool,
+    limit: i64,
 ) -> Result<Option<Page>, String> {
     let client = pool.get().await.map_err(|e| with_causes(&e))?;
     if first_page {
@@ -641,7 +677,7 @@ async fn read_page(
         .await
         .map_err(|e| with_causes(&e))?;
     let rows = client
-        .query(&statement, &[&negocio, &after, &REPLAY_PAGE])
+        .query(&statement, &[&negocio, &after, &limit])
         .await
         .map_err(|e| with_causes(&e))?;
     let mut events = Vec::with_capacity(rows.len());

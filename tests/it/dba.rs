@@ -8,7 +8,9 @@ use citas_realtime::sql::{EXAMPLE_SCHEMA, INSTALL};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::helpers::{brief, connect, spawn_app, token, TestApp, TestDb, Ws};
+use crate::helpers::{
+    brief, config_with, connect, spawn_app, spawn_app_ready, token, TestApp, TestDb, Ws,
+};
 
 const INSTALL_V4: &str = include_str!("../fixtures/install_v4.sql");
 const INSTALL_V3: &str = include_str!("../fixtures/install_v3.sql");
@@ -181,7 +183,11 @@ fn assert_same(got: &[i64], want: &[i64]) {
 async fn bulk_statements_deliver_every_event() {
     const ROWS: usize = 100_000;
     let db = TestDb::new().await;
-    let app = spawn_app(&db.url).await;
+    // 300,000 events replayed to one connection: far beyond the default replay budget.
+    let app = spawn_app_ready(config_with(&db.url, |a| {
+        a.client_replay_budget = Some("10000000".into())
+    }))
+    .await;
     let reader = {
         let addr = app.addr;
         tokio::spawn(async move {

@@ -296,13 +296,26 @@ pub struct BinaryServer {
 
 impl BinaryServer {
     pub async fn start(db_url: &str, envs: &[(&str, &str)]) -> BinaryServer {
+        BinaryServer::start_with_file_limit(db_url, envs, None).await
+    }
+
+    /// As [`BinaryServer::start`], with the process's open-file limit (soft and hard) set.
+    pub async fn start_with_file_limit(
+        db_url: &str,
+        envs: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> BinaryServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_citas-realtime"));
-        cmd.arg("serve")
+        let mut cmd = std::process::Command::new("sh");
+        let limit = nofile.map_or(String::new(), |n| format!("ulimit -n {n} && "));
+        cmd.arg("-c")
+            .arg(format!("{limit}exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_citas-realtime"))
+            .arg("serve")
             .env("DATABASE_URL", db_url)
             .env("JWT_SECRET", SECRET)
             .env("BIND_ADDR", addr.to_string())
@@ -456,4 +469,23 @@ pub fn brief(event: &Value) -> (String, String, i64) {
             .to_string(),
         event["data"]["seq"].as_i64().unwrap_or_default(),
     )
+}
+
+/// One value from `GET /metrics` of the server at `addr`.
+pub async fn metric_at(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+/// One value from `GET /metrics`.
+pub async fn metric(app: &TestApp, name: &str) -> f64 {
+    metric_at(app.addr, name).await
 }

@@ -7,6 +7,7 @@ mod dashboard;
 mod dba;
 mod delivery;
 mod demo;
+mod exhaustion;
 mod helpers;
 mod hostile;
 mod limits;

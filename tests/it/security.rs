@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use crate::helpers::{
-    brief, config_with, spawn_app_unready, token, BinaryServer, TestApp, TestDb, Ws, SECRET,
+    brief, config_with, metric, spawn_app_unready, token, BinaryServer, TestApp, TestDb, Ws, SECRET,
 };
 
 fn now() -> u64 {
@@ -139,20 +139,6 @@ impl JwksServer {
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
-}
-
-/// One value from `GET /metrics`.
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
 }
 
 /// The status of a WebSocket handshake with `token`: 101 when upgraded.
