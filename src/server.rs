@@ -266,7 +266,7 @@ fn routes(
                     }
                     let body = match read_body(body, body_timeout).await {
                         Ok(body) => body,
-                        Err(refusal) => return refusal,
+                        Err(error) => return error.response(),
                     };
                     notify_cita(&pool, &security, &body).await
                 }
@@ -481,9 +481,31 @@ impl Notification {
     }
 }
 
-/// Reads a body of at most [`NOTIFY_BODY_LIMIT`] bytes within `timeout` (408 otherwise: a
-/// client that stalls mid-body holds nothing for long).
-async fn read_body<S, B>(body: S, timeout: Duration) -> Result<Vec<u8>, Response>
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("body too large")]
+    TooLarge,
+    #[error("the body took longer than HTTP_BODY_TIMEOUT")]
+    Timeout,
+    #[error("bad body")]
+    Broken,
+}
+
+impl BodyError {
+    fn response(&self) -> Response {
+        let code = match self {
+            BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Broken => StatusCode::BAD_REQUEST,
+        };
+        error_response(code, &self.to_string())
+    }
+}
+
+/// Reads a body of at most [`NOTIFY_BODY_LIMIT`] bytes within `timeout`: a client that stalls
+/// mid-body holds nothing for long.
+async fn read_body<S, B>(body: S, timeout: Duration) -> Result<Vec<u8>, BodyError>
 where
     S: futures::Stream<Item = Result<B, warp::Error>>,
     B: bytes::Buf,
@@ -493,13 +515,9 @@ where
         let mut out = Vec::new();
         futures::pin_mut!(body);
         while let Some(chunk) = body.next().await {
-            let mut chunk =
-                chunk.map_err(|_| error_response(StatusCode::BAD_REQUEST, "bad body"))?;
+            let mut chunk = chunk.map_err(|_| BodyError::Broken)?;
             if out.len() + chunk.remaining() > NOTIFY_BODY_LIMIT as usize {
-                return Err(error_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body too large",
-                ));
+                return Err(BodyError::TooLarge);
             }
             while chunk.has_remaining() {
                 let piece = chunk.chunk();
@@ -512,12 +530,7 @@ where
     };
     tokio::time::timeout(timeout, read)
         .await
-        .unwrap_or_else(|_| {
-            Err(error_response(
-                StatusCode::REQUEST_TIMEOUT,
-                "the body took longer than HTTP_BODY_TIMEOUT",
-            ))
-        })
+        .unwrap_or(Err(BodyError::Timeout))
 }
 
 /// The actions `POST /notify/cita` accepts.
