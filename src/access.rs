@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::Principal;
-use crate::db::with_causes;
 use crate::metrics::SecurityCounters;
+use crate::store::Store;
 
 /// Default lifetime of a cached answer.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
@@ -108,7 +108,7 @@ pub struct Unavailable;
 
 /// Decides subscriptions; shared by every connection.
 pub struct Access {
-    hook: Option<(HookSettings, deadpool_postgres::Pool)>,
+    hook: Option<(HookSettings, Store)>,
     counters: Arc<SecurityCounters>,
     /// (claims as JSON text, negocio) -> (answer, when asked). A plain mutex: held for a map
     /// lookup or insert only, never across an await.
@@ -126,11 +126,11 @@ impl std::fmt::Debug for Access {
 impl Access {
     pub fn new(
         hook: Option<HookSettings>,
-        pool: deadpool_postgres::Pool,
+        store: Store,
         counters: Arc<SecurityCounters>,
     ) -> Access {
         Access {
-            hook: hook.map(|h| (h, pool)),
+            hook: hook.map(|h| (h, store)),
             counters,
             cache: Mutex::new(HashMap::new()),
         }
@@ -141,7 +141,7 @@ impl Access {
         if principal.grants.allows(negocio) {
             return Ok(true);
         }
-        let Some((settings, pool)) = &self.hook else {
+        let Some((settings, store)) = &self.hook else {
             return Ok(false);
         };
         let key = (principal.claims.to_string(), negocio.to_string());
@@ -151,28 +151,17 @@ impl Access {
             }
         }
         self.counters.access_checks.inc();
-        let answer = tokio::time::timeout(CHECK_TIMEOUT, async {
-            let client = pool.get().await.map_err(|e| with_causes(&e))?;
-            let statement = client
-                .prepare_cached(&settings.function.call_sql())
-                .await
-                .map_err(|e| with_causes(&e))?;
-            let row = client
-                .query_one(&statement, &[&key.0, &negocio])
-                .await
-                .map_err(|e| with_causes(&e))?;
-            row.try_get::<_, Option<bool>>(0)
-                .map(|v| v.unwrap_or(false))
-                .map_err(|e| with_causes(&e))
-        })
-        .await
-        .map_err(|_| "timed out".to_string())
-        .and_then(|r| r)
-        .map_err(|reason| {
-            self.counters.access_failures.inc();
-            tracing::warn!(function = %settings.function, reason, "access check failed");
-            Unavailable
-        })?;
+        let call_sql = settings.function.call_sql();
+        let call = store.can_subscribe(&call_sql, &key.0, negocio);
+        let answer = tokio::time::timeout(CHECK_TIMEOUT, call)
+            .await
+            .map_err(|_| "timed out".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|reason| {
+                self.counters.access_failures.inc();
+                tracing::warn!(function = %settings.function, reason, "access check failed");
+                Unavailable
+            })?;
         let mut cache = self.lock();
         if cache.len() >= CACHE_LIMIT {
             cache.clear();

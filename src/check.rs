@@ -107,13 +107,18 @@ async fn database(r: &mut Report, db: &DbConfig, hook: Option<&HookSettings>) {
             }
         }
     });
-    let version = client
-        .query_one(
-            "select current_setting('server_version'), current_user",
-            &[],
-        )
-        .await
-        .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)));
+    let version = one_row(
+        &client,
+        "select current_setting('server_version'), current_user",
+        &[],
+    )
+    .await
+    .and_then(
+        |row| match (row.try_get::<_, String>(0), row.try_get::<_, String>(1)) {
+            (Ok(v), Ok(user)) => Ok((v, user)),
+            _ => Err("unexpected answer to select version".to_string()),
+        },
+    );
     match &version {
         Ok((v, user)) => r.ok(
             "reachable",
@@ -122,7 +127,7 @@ async fn database(r: &mut Report, db: &DbConfig, hook: Option<&HookSettings>) {
                 started.elapsed().as_millis()
             ),
         ),
-        Err(error) => return r.fail("reachable", with_causes(error)),
+        Err(error) => return r.fail("reachable", error),
     }
     let user = version.map(|(_, u)| u).unwrap_or_default();
 
@@ -136,14 +141,17 @@ async fn database(r: &mut Report, db: &DbConfig, hook: Option<&HookSettings>) {
 }
 
 async fn tls(r: &mut Report, db: &DbConfig, client: &tokio_postgres::Client) {
-    let row = client
-        .query_opt(
-            "select ssl, coalesce(version, '') from pg_stat_ssl where pid = pg_backend_pid()",
-            &[],
-        )
-        .await;
+    let row = one_row(
+        client,
+        "select ssl, coalesce(version, '') from pg_stat_ssl where pid = pg_backend_pid()",
+        &[],
+    )
+    .await;
     let encrypted = match row {
-        Ok(Some(row)) => row.get::<_, bool>(0).then(|| row.get::<_, String>(1)),
+        Ok(row) => match (row.try_get::<_, bool>(0), row.try_get::<_, String>(1)) {
+            (Ok(true), Ok(version)) => Some(version),
+            _ => None,
+        },
         _ => None,
     };
     let local = db.host_display().starts_with("127.")
@@ -183,6 +191,19 @@ async fn listen(
     client: &tokio_postgres::Client,
     notified: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
+    // A session of its own first: behind a transaction-mode pooler the round trip below can
+    // pass (the pooler hands a lone client the same session back) and prove nothing.
+    let own = match crate::pooler::backend_pid(client).await {
+        Ok(pid) => crate::pooler::transaction_pooler(db, client, pid, 10).await,
+        Err(error) => Err(error),
+    };
+    match own {
+        Ok(None) => {}
+        Ok(Some(evidence)) => {
+            return r.fail("listen", format!("{}: {evidence}", crate::pooler::ADVICE))
+        }
+        Err(error) => return r.fail("listen", with_causes(&error)),
+    }
     let channel = format!("citas_realtime_check_{}", std::process::id());
     let round_trip = async {
         client.batch_execute(&format!("listen {channel}")).await?;
@@ -224,12 +245,9 @@ async fn listen(
 }
 
 async fn installed(r: &mut Report, client: &tokio_postgres::Client, user: &str) {
-    match client
-        .query_one("select citas_realtime.version()", &[])
-        .await
-    {
+    match one_row(client, "select citas_realtime.version()", &[]).await {
         Ok(row) => {
-            let version: i32 = row.get(0);
+            let version: i32 = row.try_get(0).unwrap_or(0);
             if version == SQL_VERSION {
                 r.ok("sql", format!("citas_realtime version {version} installed"))
             } else if version < SQL_VERSION {
@@ -256,21 +274,22 @@ async fn installed(r: &mut Report, client: &tokio_postgres::Client, user: &str) 
                 format!(
                     "citas_realtime is not installed or not readable by {user} ({}): run \
                      `citas-realtime sql install`, then `grant citas_realtime_reader to {user}`",
-                    with_causes(&error)
+                    error
                 ),
             )
         }
     }
-    match client
-        .query_one(
-            "select count(*) filter (where tgenabled <> 'D'), count(*) from pg_trigger
+    match one_row(
+        client,
+        "select count(*) filter (where tgenabled <> 'D'), count(*) from pg_trigger
              where tgrelid = to_regclass('public.citas') and tgname like 'citas_realtime_%'",
-            &[],
-        )
-        .await
+        &[],
+    )
+    .await
     {
         Ok(row) => {
-            let (enabled, all): (i64, i64) = (row.get(0), row.get(1));
+            let (enabled, all): (i64, i64) =
+                (row.try_get(0).unwrap_or(0), row.try_get(1).unwrap_or(0));
             if enabled == 4 {
                 r.ok("triggers", "4 triggers on public.citas, all enabled")
             } else {
@@ -283,22 +302,22 @@ async fn installed(r: &mut Report, client: &tokio_postgres::Client, user: &str) 
                 )
             }
         }
-        Err(error) => r.fail("triggers", with_causes(&error)),
+        Err(error) => r.fail("triggers", error),
     }
-    match client
-        .query_one(
-            "select (select count(*) from (select 1 from citas_realtime.events limit 1) e),
+    match one_row(
+        client,
+        "select (select count(*) from (select 1 from citas_realtime.events limit 1) e),
                     (select pruned_upto from citas_realtime.retention)",
-            &[],
-        )
-        .await
+        &[],
+    )
+    .await
     {
         Ok(_) => r.ok("privileges", format!("{user} can read the event log")),
         Err(error) => r.fail(
             "privileges",
             format!(
                 "{user} cannot read the event log ({}): grant citas_realtime_reader to {user}",
-                with_causes(&error)
+                error
             ),
         ),
     }
@@ -312,8 +331,8 @@ async fn access_hook(
     hook: &HookSettings,
 ) {
     let signature = hook.function.signature();
-    match client
-        .query_one(
+    match one_row(
+            client,
             "select to_regprocedure($1) is not null,
                     to_regprocedure($1) is not null
                     and has_function_privilege(to_regprocedure($1), 'execute')",
@@ -321,7 +340,7 @@ async fn access_hook(
         )
         .await
     {
-        Ok(row) => match (row.get::<_, bool>(0), row.get::<_, bool>(1)) {
+        Ok(row) => match (row.try_get(0).unwrap_or(false), row.try_get(1).unwrap_or(false)) {
             (true, true) => r.ok("access", format!("{signature} exists and {user} may call it")),
             (true, false) => r.fail(
                 "access",
@@ -335,6 +354,35 @@ async fn access_hook(
                 ),
             ),
         },
-        Err(error) => r.fail("access", with_causes(&error)),
+        Err(error) => r.fail("access", error),
     }
+}
+
+/// The first row of `sql`, sent as one unnamed statement (`query_typed`): a named prepared
+/// statement would fail behind a transaction pooler with a less useful message. `params` are
+/// text. The error is the database's, with its causes.
+async fn one_row(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&str],
+) -> Result<tokio_postgres::Row, String> {
+    let typed: Vec<(
+        &(dyn tokio_postgres::types::ToSql + Sync),
+        tokio_postgres::types::Type,
+    )> = params
+        .iter()
+        .map(|p| {
+            (
+                p as &(dyn tokio_postgres::types::ToSql + Sync),
+                tokio_postgres::types::Type::TEXT,
+            )
+        })
+        .collect();
+    client
+        .query_typed(sql, &typed)
+        .await
+        .map_err(|e| with_causes(&e))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the query returned no row".to_string())
 }

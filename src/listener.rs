@@ -22,7 +22,7 @@
 //! resolves gaps and proves the connection alive; TCP keepalives (see [`crate::db`]) catch a
 //! half-open connection beneath it.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,10 +55,15 @@ const PRIME_WINDOW: i64 = 1000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+const STATE_DISCONNECTED: u8 = 0;
+const STATE_CONNECTED: u8 = 1;
+const STATE_TRANSACTION_POOLER: u8 = 2;
+
 /// Shared, lock-free view of the listener for `/health`.
 #[derive(Debug)]
 pub struct ListenerStatus {
-    connected: AtomicBool,
+    /// One of the `STATE_*` values.
+    state: AtomicU8,
     last_seq: AtomicI64,
     reconnects: AtomicU64,
     events_read: AtomicU64,
@@ -78,7 +83,7 @@ impl Default for ListenerStatus {
             0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ]);
         ListenerStatus {
-            connected: AtomicBool::new(false),
+            state: AtomicU8::new(STATE_DISCONNECTED),
             last_seq: AtomicI64::new(0),
             reconnects: AtomicU64::new(0),
             events_read: AtomicU64::new(0),
@@ -102,7 +107,17 @@ impl ListenerStatus {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) == STATE_CONNECTED
+    }
+
+    /// What `/health` says of the listener: `connected`, `disconnected`, or
+    /// `transaction_pooler` (DATABASE_URL cannot give it a session of its own).
+    pub fn state_name(&self) -> &'static str {
+        match self.state.load(Ordering::Acquire) {
+            STATE_CONNECTED => "connected",
+            STATE_TRANSACTION_POOLER => "transaction_pooler",
+            _ => "disconnected",
+        }
     }
     /// The highest seq read from the log so far.
     pub fn last_seq(&self) -> i64 {
@@ -118,7 +133,7 @@ enum SessionError {
     #[error("cannot connect: {0}")]
     Connect(#[from] ConnectError),
     #[error("{}", with_causes(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
     #[error("connection closed")]
     Closed,
     #[error(
@@ -126,10 +141,39 @@ enum SessionError {
          (Supabase: port 6543)? Use the direct connection or the session-mode pooler (port 5432)"
     )]
     ListenBroken,
+    #[error("{advice}: {0}", advice = crate::pooler::ADVICE)]
+    TransactionPooler(String),
     #[error("a read of the event log took longer than {0:?}")]
     Timeout(Duration),
     #[error("the event log is not readable: run sql/install.sql on this database and grant the server's role access (see README) ({})", with_causes(.0))]
     NotInstalled(tokio_postgres::Error),
+}
+
+impl SessionError {
+    /// An error retrying soon will not fix: the configuration or the database's setup.
+    fn is_misconfiguration(&self) -> bool {
+        matches!(
+            self,
+            SessionError::TransactionPooler(_)
+                | SessionError::ListenBroken
+                | SessionError::NotInstalled(_)
+        )
+    }
+}
+
+impl From<tokio_postgres::Error> for SessionError {
+    /// A prepared statement of this session that the server does not know is proof that the
+    /// session is not ours (a transaction-mode pooler ran the statement elsewhere).
+    fn from(error: tokio_postgres::Error) -> SessionError {
+        if error.code() == Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME) {
+            SessionError::TransactionPooler(format!(
+                "a prepared statement of this session disappeared between two transactions ({})",
+                with_causes(&error)
+            ))
+        } else {
+            SessionError::Postgres(error)
+        }
+    }
 }
 
 pub struct Listener {
@@ -164,16 +208,38 @@ impl Listener {
     pub async fn run(self) {
         let mut log = LogCursor::default();
         let mut failures = 0u32;
+        let mut pooler_reported = false;
         while !self.shutdown.is_cancelled() {
-            match self.session(&mut log, &mut failures).await {
+            let mut reached = false;
+            match self.session(&mut log, &mut reached).await {
                 Ok(()) => break,
                 Err(error) => {
-                    if self.status.connected.swap(false, Ordering::AcqRel) {
+                    let pooler = matches!(error, SessionError::TransactionPooler(_));
+                    let state = if pooler {
+                        STATE_TRANSACTION_POOLER
+                    } else {
+                        STATE_DISCONNECTED
+                    };
+                    if self.status.state.swap(state, Ordering::AcqRel) == STATE_CONNECTED {
                         self.status.reconnects.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Back off while the database is unreachable or misconfigured; a session
+                    // that reached it and then was cut (a killed backend, a failover) is
+                    // retried at once.
+                    failures = if reached && !error.is_misconfiguration() {
+                        0
+                    } else {
+                        failures.saturating_add(1)
+                    };
                     let delay = backoff(failures);
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "listener down");
+                    let retry_in_ms = delay.as_millis() as u64;
+                    // A misconfiguration is one ERROR line, not one per retry.
+                    match (pooler, pooler_reported) {
+                        (true, false) => tracing::error!(%error, retry_in_ms, "listener refused"),
+                        (true, true) => tracing::debug!(%error, retry_in_ms, "listener refused"),
+                        (false, _) => tracing::warn!(%error, retry_in_ms, "listener down"),
+                    }
+                    pooler_reported = pooler;
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = self.shutdown.cancelled() => break,
@@ -181,12 +247,16 @@ impl Listener {
                 }
             }
         }
-        self.status.connected.store(false, Ordering::Release);
+        self.status
+            .state
+            .store(STATE_DISCONNECTED, Ordering::Release);
         tracing::debug!("listener stopped");
     }
 
-    async fn session(&self, log: &mut LogCursor, failures: &mut u32) -> Result<(), SessionError> {
+    /// One connection's life; sets `reached` once connected.
+    async fn session(&self, log: &mut LogCursor, reached: &mut bool) -> Result<(), SessionError> {
         let (client, mut connection) = self.db.connect_listener().await?;
+        *reached = true;
         let wake = Arc::new(Notify::new());
         let (closed_tx, mut closed_rx) = oneshot::channel();
         // The connection future must be polled for anything to happen, and polled through
@@ -235,6 +305,13 @@ impl Listener {
             let _ = closed_tx.send(outcome);
         }));
 
+        // A session of our own, or nothing: LISTEN and the read's prepared statement need one.
+        let pid = crate::pooler::backend_pid(&client).await?;
+        if let Some(evidence) =
+            crate::pooler::transaction_pooler(&self.db, &client, pid, crate::pooler::ROUNDS).await?
+        {
+            return Err(SessionError::TransactionPooler(evidence));
+        }
         client
             // Its queries are small: JIT compiling one costs more than running it.
             .batch_execute(&format!("SET jit = off; LISTEN {NOTIFY_CHANNEL}"))
@@ -253,7 +330,7 @@ impl Listener {
         client
             .batch_execute(&format!("UNLISTEN {probe_channel}"))
             .await?;
-        let statements = Statements::prepare(&client).await?;
+        let statements = Statements::prepare(&client, pid).await?;
 
         if log.cursor.is_none() {
             let row = client
@@ -276,8 +353,7 @@ impl Listener {
 
         // Whatever committed while we were away is delivered before we call ourselves live.
         self.catch_up(&client, &statements, log, None).await?;
-        self.status.connected.store(true, Ordering::Release);
-        *failures = 0;
+        self.status.state.store(STATE_CONNECTED, Ordering::Release);
         tracing::info!(database = %self.db, last_seq = log.cursor.unwrap_or(0), "listener live");
 
         let mut poll = tokio::time::interval(POLL_INTERVAL);
@@ -311,6 +387,12 @@ impl Listener {
             let cursor = log.cursor.unwrap_or(0);
             let rows = timed(client.query(&statements.read, &[&cursor, &READ_BATCH])).await?;
             let read = Read::parse(&rows)?;
+            if read.pid != statements.pid {
+                return Err(SessionError::TransactionPooler(format!(
+                    "the listener's server session changed between two reads (pid {}, then {})",
+                    statements.pid, read.pid
+                )));
+            }
             log.advance(read.rows.iter().map(|r| &r.seq), &read.running);
             let full = read.rows.len() >= READ_BATCH as usize;
             let mut batch: Vec<LogRow> = read
@@ -377,24 +459,27 @@ async fn timed<T>(
     tokio::time::timeout(QUERY_TIMEOUT, query)
         .await
         .map_err(|_| SessionError::Timeout(QUERY_TIMEOUT))?
-        .map_err(SessionError::Postgres)
+        .map_err(SessionError::from)
 }
 
 /// The listener's statements: the read, prepared once per connection (its plan, an index
 /// range scan, never changes), and the probe's text, planned with its values each time (a plan
 /// made for a few pending seqs in an empty log would be a disaster for 100,000 in a big one;
-/// probes are rare: one per writer that ends while holding pending seqs).
+/// probes are rare: one per writer that ends while holding pending seqs). And the session's
+/// backend pid, which every read checks.
 struct Statements {
     read: Statement,
     probe: String,
+    pid: i32,
 }
 
 impl Statements {
-    async fn prepare(client: &Client) -> Result<Statements, SessionError> {
+    async fn prepare(client: &Client, pid: i32) -> Result<Statements, SessionError> {
         let read = client.prepare(&read_sql()).await;
         Ok(Statements {
             read: read.map_err(SessionError::NotInstalled)?,
             probe: probe_sql(),
+            pid,
         })
     }
 }
@@ -462,6 +547,8 @@ impl LogRow {
 /// What one read returned.
 struct Read {
     running: Running,
+    /// The backend that ran it.
+    pid: i32,
     rows: Vec<LogRow>,
 }
 
@@ -469,12 +556,14 @@ impl Read {
     fn parse(rows: &[Row]) -> Result<Read, tokio_postgres::Error> {
         let mut read = Read {
             running: Running::new(),
+            pid: 0,
             rows: Vec::with_capacity(rows.len()),
         };
         for row in rows {
             if row.try_get::<_, Option<i64>>("seq")?.is_none() {
                 let running: Vec<i64> = row.try_get("running")?;
                 read.running = running.into_iter().collect();
+                read.pid = row.try_get("pid")?;
             } else {
                 read.rows.push(LogRow::from_row(row)?);
             }

@@ -112,8 +112,10 @@ fn init_logging(format: &str) -> Result<(), String> {
             filter = filter.add_directive(directive);
         }
     }
+    // Colours only for a terminal: a log file or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         "text" => builder.init(),

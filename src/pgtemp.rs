@@ -348,3 +348,147 @@ fn free_port() -> anyhow::Result<u16> {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(probe.local_addr()?.port())
 }
+
+/// PgBouncer's pool modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+/// Keeps PgBouncer running while its standard input is open; stops it and removes its
+/// directory when the pipe closes (we dropped the handle, returned, panicked or were killed).
+const BOUNCER_GUARDIAN: &str = r#"
+trap '' PIPE INT
+bin=$1 conf=$2 root=$3
+"$bin" "$conf" >>"$root/pgbouncer.out" 2>&1 &
+pid=$!
+echo "started $pid"
+while read -r _; do :; done
+kill -INT "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+rm -rf "$root"
+"#;
+
+/// A real PgBouncer in front of a [`TempPostgres`], on a free loopback port, for the tests
+/// that claim something about poolers. Clients connect as `postgres`, without a password.
+pub struct TempPgBouncer {
+    port: u16,
+    root: PathBuf,
+    guardian: Child,
+    _commands: ChildStdin,
+}
+
+impl TempPgBouncer {
+    /// Starts PgBouncer (`pgbouncer` on `PATH` or in `/usr/sbin`) in `mode`, with a server
+    /// pool of `pool_size` connections, in front of the cluster on `pg_port`. Blocking.
+    pub fn start(pg_port: u16, mode: PoolMode, pool_size: u32) -> anyhow::Result<TempPgBouncer> {
+        let bin = find_pgbouncer()?;
+        let owner = server_user()?;
+        let root = tempfile::Builder::new()
+            .prefix("citas-realtime-pgbouncer-")
+            .tempdir()
+            .context("cannot create a temporary directory")?
+            .keep();
+        if let Some((uid, gid)) = owner {
+            nix::unistd::chown(&root, Some(uid), Some(gid))
+                .context("cannot give the temporary directory to the postgres user")?;
+        }
+        let port = free_port()?;
+        let mode = match mode {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        };
+        let conf = root.join("pgbouncer.ini");
+        std::fs::write(
+            &conf,
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={pg_port} user=postgres\n\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+                 unix_socket_dir =\nauth_type = any\npool_mode = {mode}\n\
+                 default_pool_size = {pool_size}\nmax_client_conn = 500\n\
+                 ignore_startup_parameters = extra_float_digits,options\n\
+                 logfile = {log}\npidfile = {pid}\n",
+                log = root.join("pgbouncer.log").display(),
+                pid = root.join("pgbouncer.pid").display(),
+            ),
+        )?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::chown(&conf, Some(uid), Some(gid))?;
+        }
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(BOUNCER_GUARDIAN)
+            .arg("citas-realtime-pgbouncer")
+            .arg(&bin)
+            .arg(&conf)
+            .arg(&root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let mut guardian = as_owner(&mut cmd, owner, &root)
+            .spawn()
+            .context("cannot run sh")?;
+        let (Some(commands), Some(stdout)) = (guardian.stdin.take(), guardian.stdout.take()) else {
+            bail!("guardian pipes missing");
+        };
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let bouncer = TempPgBouncer {
+            port,
+            root,
+            guardian,
+            _commands: commands,
+        };
+        bouncer.wait_ready()?;
+        Ok(bouncer)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection URL for database `dbname` through the pooler.
+    pub fn url(&self, dbname: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=disable",
+            self.port
+        )
+    }
+
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "PgBouncer did not listen within {START_TIMEOUT:?}: {}",
+            std::fs::read_to_string(self.root.join("pgbouncer.out")).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for TempPgBouncer {
+    fn drop(&mut self) {
+        // Closing the pipe (the field drops after this) makes the guardian stop PgBouncer.
+        let _ = self.guardian.try_wait();
+    }
+}
+
+/// `pgbouncer` on `PATH`, else Debian's `/usr/sbin/pgbouncer`.
+fn find_pgbouncer() -> anyhow::Result<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("pgbouncer"))
+            .find(|bin| bin.is_file())
+    });
+    on_path
+        .or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|b| b.is_file()))
+        .ok_or_else(|| {
+            anyhow!("pgbouncer not found on PATH or in /usr/sbin: install it (apt-get install pgbouncer)")
+        })
+}

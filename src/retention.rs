@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::db::with_causes;
+use crate::store::Store;
 
 /// How often to prune: a quarter of the retention, between 1 s and 5 min. Deleting in small,
 /// frequent batches keeps each delete short.
@@ -18,7 +18,7 @@ pub fn prune_interval(retention: Duration) -> Duration {
 }
 
 /// Prunes on a timer until shutdown.
-pub async fn run(pool: deadpool_postgres::Pool, retention: Duration, shutdown: CancellationToken) {
+pub async fn run(store: Store, retention: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(prune_interval(retention));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -26,21 +26,10 @@ pub async fn run(pool: deadpool_postgres::Pool, retention: Duration, shutdown: C
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        match prune(&pool, retention).await {
+        match store.prune(retention).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "pruned old events"),
             Err(error) => tracing::warn!(%error, "cannot prune old events"),
         }
     }
-}
-
-/// One call of `citas_realtime.prune`; returns how many events it deleted.
-pub async fn prune(pool: &deadpool_postgres::Pool, retention: Duration) -> Result<i64, String> {
-    let client = pool.get().await.map_err(|e| with_causes(&e))?;
-    let keep = format!("{} milliseconds", retention.as_millis());
-    let row = client
-        .query_one("select citas_realtime.prune($1::text::interval)", &[&keep])
-        .await
-        .map_err(|e| with_causes(&e))?;
-    Ok(row.get(0))
 }

@@ -25,12 +25,12 @@ use warp::{Filter, Rejection, Reply};
 use crate::access::Access;
 use crate::auth::{id_text, AuthError, Grants, Principal, Verifier};
 use crate::config::{Config, Limits};
-use crate::db::with_causes;
 use crate::hub::Hub;
 use crate::hub::Refused;
 use crate::jwks::Jwks;
 use crate::listener::{Listener, ListenerStatus};
 use crate::metrics::SecurityCounters;
+use crate::store::Store;
 use crate::ws::{self, WsContext};
 
 /// Pending connections the kernel queues for us. warp's own bind uses 128, which makes a storm
@@ -81,12 +81,13 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         .database
         .pool(config.db_pool_size)
         .context("DATABASE_URL")?;
+    let store = Store::new(pool);
     let retention = config
         .event_retention
-        .map(|keep| tokio::spawn(crate::retention::run(pool.clone(), keep, shutdown.clone())));
+        .map(|keep| tokio::spawn(crate::retention::run(store.clone(), keep, shutdown.clone())));
     let stats = config
         .stats
-        .map(|settings| crate::stats::Stats::new(settings, hub.clone(), pool.clone()));
+        .map(|settings| crate::stats::Stats::new(settings, hub.clone(), store.clone()));
     let stats_task = stats
         .clone()
         .map(|engine| tokio::spawn(engine.run(shutdown.clone())));
@@ -94,7 +95,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let http_counters = Arc::new(crate::http::HttpCounters::default());
     let access = Arc::new(Access::new(
         config.access_hook.clone(),
-        pool.clone(),
+        store.clone(),
         security.clone(),
     ));
     let ctx = WsContext {
@@ -108,7 +109,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         hub: hub.clone(),
         queue_capacity: config.client_queue_capacity,
         ping_interval: config.ws_ping_interval,
-        pool,
+        store,
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
     };
@@ -250,8 +251,8 @@ fn routes(
         .and(warp::body::stream())
         .then(
             move |query: HashMap<String, String>, headers: HeaderMap, body| {
-                let (pool, verifier, security) =
-                    (ctx.pool.clone(), verifier.clone(), ctx.security.clone());
+                let (store, verifier, security) =
+                    (ctx.store.clone(), verifier.clone(), ctx.security.clone());
                 async move {
                     // The token first: a stranger's body is never read.
                     let principal = match authenticate(&verifier, &query, &headers).await {
@@ -268,7 +269,7 @@ fn routes(
                         Ok(body) => body,
                         Err(error) => return error.response(),
                     };
-                    notify_cita(&pool, &security, &body).await
+                    notify_cita(&store, &security, &body).await
                 }
             },
         );
@@ -277,7 +278,7 @@ fn routes(
         let counts = hub.stats();
         let body = serde_json::json!({
             "status": if connected { "ok" } else { "unavailable" },
-            "listener": if connected { "connected" } else { "disconnected" },
+            "listener": status.state_name(),
             "last_seq": status.last_seq(),
             "listener_reconnects": status.reconnects(),
             "connections": counts.connections,
@@ -541,27 +542,19 @@ const NOTIFY_BODY_LIMIT: u64 = 16 * 1024;
 /// `POST /notify/cita`: the old design's REST-side notification, for APIs not yet migrated.
 /// Service tokens only. The event goes through the log like any trigger-written one
 /// (`citas_realtime.notify_cita`), so every instance, every resume and the statistics see it.
-async fn notify_cita(
-    pool: &deadpool_postgres::Pool,
-    security: &SecurityCounters,
-    body: &[u8],
-) -> Response {
+async fn notify_cita(store: &Store, security: &SecurityCounters, body: &[u8]) -> Response {
     let note = match Notification::from_body(body) {
         Ok(note) => note,
         Err(reason) => return error_response(StatusCode::BAD_REQUEST, &reason),
     };
-    let result = async {
-        let client = pool.get().await.map_err(|e| with_causes(&e))?;
-        let row = client
-            .query_one(
-                "select citas_realtime.notify_cita($1::text, $2::text, $3::text, $4::text)",
-                &[&note.negocio_id, &note.action, &note.cita_id, &note.estado],
-            )
-            .await
-            .map_err(|e| with_causes(&e))?;
-        row.try_get::<_, i64>(0).map_err(|e| with_causes(&e))
-    }
-    .await;
+    let result = store
+        .notify_cita(
+            &note.negocio_id,
+            &note.action,
+            note.cita_id.as_deref(),
+            note.estado.as_deref(),
+        )
+        .await;
     match result {
         Ok(seq) => {
             security.notify_events.inc();
@@ -570,8 +563,8 @@ async fn notify_cita(
                 &serde_json::json!({"status": "notificación recibida", "seq": seq}),
             )
         }
-        Err(reason) => {
-            tracing::warn!(reason, "POST /notify/cita could not write the event");
+        Err(error) => {
+            tracing::warn!(%error, "POST /notify/cita could not write the event");
             error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "cannot record the notification now (is install.sql version 3 or later installed?)",

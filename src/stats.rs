@@ -24,10 +24,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::with_causes;
 use crate::event::{Action, Event, Outbound, CHANNEL_PREFIX};
 use crate::hub::{ConnId, Hub};
 use crate::protocol;
+use crate::store::Store;
 
 /// Settings, from [`crate::config::Config`].
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +57,7 @@ struct State {
 pub struct Stats {
     settings: StatsSettings,
     hub: Arc<Hub>,
-    pool: deadpool_postgres::Pool,
+    store: Store,
     state: Mutex<State>,
     wake: Notify,
     limit: Semaphore,
@@ -73,16 +73,12 @@ impl std::fmt::Debug for Stats {
 }
 
 impl Stats {
-    pub fn new(
-        settings: StatsSettings,
-        hub: Arc<Hub>,
-        pool: deadpool_postgres::Pool,
-    ) -> Arc<Stats> {
+    pub fn new(settings: StatsSettings, hub: Arc<Hub>, store: Store) -> Arc<Stats> {
         Arc::new(Stats {
             limit: Semaphore::new(settings.concurrency.max(1)),
             settings,
             hub,
-            pool,
+            store,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             queries: Default::default(),
@@ -185,7 +181,7 @@ impl Stats {
         // pool that cannot hand out a connection.
         let bound = self.settings.timeout * 2 + Duration::from_secs(1);
         let outcome =
-            tokio::time::timeout(bound, query(&self.pool, negocio, self.settings.timeout)).await;
+            tokio::time::timeout(bound, query(&self.store, negocio, self.settings.timeout)).await;
         match outcome {
             Ok(Ok((seq, data))) => {
                 let position = self.hub.position();
@@ -238,34 +234,11 @@ impl Stats {
 }
 
 /// The figures and the newest seq of the negocio (truncates included), read under one snapshot.
-async fn query(
-    pool: &deadpool_postgres::Pool,
-    negocio: &str,
-    timeout: Duration,
-) -> Result<(i64, Value), String> {
-    let mut client = pool.get().await.map_err(|e| with_causes(&e))?;
-    let tx = client.transaction().await.map_err(|e| with_causes(&e))?;
-    tx.batch_execute(&format!(
-        "set local statement_timeout = {}",
-        timeout.as_millis().max(1)
-    ))
-    .await
-    .map_err(|e| with_causes(&e))?;
-    let row = tx
-        .query_one(
-            "select citas_realtime.estadisticas($1)::text,
-                    greatest(
-                      (select max(seq) from citas_realtime.events where negocio_id = $1),
-                      (select max(seq) from citas_realtime.events
-                       where negocio_id = '' and action = 'truncated'),
-                      0)",
-            &[&negocio],
-        )
+async fn query(store: &Store, negocio: &str, timeout: Duration) -> Result<(i64, Value), String> {
+    let (seq, text) = store
+        .estadisticas(negocio, timeout)
         .await
-        .map_err(|e| with_causes(&e))?;
-    tx.commit().await.map_err(|e| with_causes(&e))?;
-    let text: Option<String> = row.get(0);
-    let seq: i64 = row.get(1);
+        .map_err(|e| e.to_string())?;
     if let Some(text) = text.as_ref().filter(|t| t.len() > MAX_SNAPSHOT_BYTES) {
         // Every frame must fit what a socket takes; figures this large are a bug in the
         // DBA's function, reported as such rather than closing every subscriber.

@@ -42,11 +42,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::Access;
 use crate::auth::{now_secs, Principal, Verifier};
-use crate::db::with_causes;
-use crate::event::{Event, Outbound, EVENT_COLUMNS};
+use crate::event::Outbound;
 use crate::hub::{ConnId, ConnectionPermit, Hub, LogPosition, Subscriber};
 use crate::protocol::{self, ClientMessage, ErrorCode};
 use crate::stats::Stats;
+use crate::store::{Page, Store, StoreError};
 
 /// Clients only send small control messages: anything larger is refused by tungstenite.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024;
@@ -79,7 +79,7 @@ pub struct WsContext {
     /// A ping goes out this often; a client silent for two intervals is dropped.
     pub ping_interval: Duration,
     /// For replays (clients resuming with `since`); never used for LISTEN.
-    pub pool: deadpool_postgres::Pool,
+    pub store: Store,
     /// The statistics engine, unless turned off.
     pub stats: Option<Arc<Stats>>,
     /// Verifies the fresh tokens of `auth` messages.
@@ -551,7 +551,7 @@ where
             let limit = (self.me.queue.capacity() as i64)
                 .clamp(1, REPLAY_PAGE)
                 .min(i64::from(self.ctx.replay_quota.burst_size().get()));
-            let read = read_page(&self.ctx.pool, negocio, after, first_page, limit).await;
+            let read = read_page(&self.ctx.store, negocio, after, first_page, limit).await;
             let page = match read {
                 Ok(Some(page)) => page,
                 Ok(None) => return self.reply(protocol::resync(channel)).await,
@@ -627,70 +627,22 @@ impl Drop for Subscriptions {
     }
 }
 
-/// One page of a replay.
-struct Page {
-    events: Vec<Event>,
-    rows: usize,
-    last_seq: Option<i64>,
-}
-
 /// Reads the next page of `negocio`'s events after `after`. On the first page, `None` when the
 /// log cannot serve `after` (older than retention kept, or newer than the log): resync.
 async fn read_page(
-    pool: &deadpool_postgres::Pool,
+    store: &Store,
     negocio: &str,
     after: i64,
     first_page: bool,
     limit: i64,
-) -> Result<Option<Page>, String> {
-    let client = pool.get().await.map_err(|e| with_causes(&e))?;
+) -> Result<Option<Page>, StoreError> {
     if first_page {
-        let row = client
-            .query_one(
-                "select r.pruned_upto, (select coalesce(max(seq), 0) from citas_realtime.events)
-                 from citas_realtime.retention r",
-                &[],
-            )
-            .await
-            .map_err(|e| with_causes(&e))?;
-        let pruned_upto: i64 = row.get(0);
-        let newest: i64 = row.get(1);
-        if after < pruned_upto || after > newest {
+        let window = store.replay_window().await?;
+        if after < window.pruned_upto || after > window.newest {
             return Ok(None);
         }
     }
-    // The negocio's events and the truncates (logged under negocio '', marked by their action:
-    // a row whose negocio is '' is no truncate), each an ordered range scan of the
-    // (negocio_id, seq) index; `negocio_id = any(...)` would read and sort every match instead.
-    let sql = format!(
-        "select * from (
-            (select {EVENT_COLUMNS}, e.seq as s from citas_realtime.events e
-              where e.negocio_id = $1 and e.seq > $2 order by e.seq limit $3)
-            union all
-            (select {EVENT_COLUMNS}, e.seq as s from citas_realtime.events e
-              where e.negocio_id = '' and e.action = 'truncated' and e.seq > $2
-              order by e.seq limit $3)
-         ) page order by s limit $3"
-    );
-    let statement = client
-        .prepare_cached(&sql)
-        .await
-        .map_err(|e| with_causes(&e))?;
-    let rows = client
-        .query(&statement, &[&negocio, &after, &limit])
-        .await
-        .map_err(|e| with_causes(&e))?;
-    let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
-        if let Some(event) = Event::from_row(row).map_err(|e| with_causes(&e))? {
-            events.push(event);
-        }
-    }
-    Ok(Some(Page {
-        rows: rows.len(),
-        last_seq: rows.last().and_then(|r| r.try_get("seq").ok()),
-        events,
-    }))
+    store.replay_page(negocio, after, limit).await.map(Some)
 }
 
 /// When the connection's token stops being valid (`exp` plus the leeway), as a timer deadline.

@@ -299,12 +299,29 @@ impl BinaryServer {
         BinaryServer::start_with_file_limit(db_url, envs, None).await
     }
 
+    /// As [`BinaryServer::start`], without waiting for `/health` to say 200: once it answers.
+    pub async fn start_unready(db_url: &str, envs: &[(&str, &str)]) -> BinaryServer {
+        BinaryServer::spawn(db_url, envs, None).await
+    }
+
     /// As [`BinaryServer::start`], with the process's open-file limit (soft and hard) set.
     pub async fn start_with_file_limit(
         db_url: &str,
         envs: &[(&str, &str)],
         nofile: Option<u64>,
     ) -> BinaryServer {
+        let server = BinaryServer::spawn(db_url, envs, nofile).await;
+        TestApp {
+            addr: server.addr,
+            server: None,
+        }
+        .wait_health(200)
+        .await;
+        server
+    }
+
+    /// Runs the binary and waits until `/health` answers at all.
+    async fn spawn(db_url: &str, envs: &[(&str, &str)], nofile: Option<u64>) -> BinaryServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -328,7 +345,15 @@ impl BinaryServer {
         }
         let child = cmd.spawn().expect("run the server binary");
         let server = BinaryServer { addr, child, log };
-        TestApp { addr, server: None }.wait_health(200).await;
+        let deadline = Instant::now() + DEADLINE;
+        while reqwest::get(format!("http://{addr}/health")).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not answer: {}",
+                server.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         server
     }
 

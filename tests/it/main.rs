@@ -11,6 +11,7 @@ mod exhaustion;
 mod helpers;
 mod hostile;
 mod limits;
+mod pooler;
 mod properties;
 mod protocol;
 mod reliability;

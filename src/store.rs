@@ -1,0 +1,218 @@
+//! The pool's SQL on `citas_realtime.*`: replays, statistics, `POST /notify/cita`, the access
+//! hook and pruning, each one typed method with one error type.
+//!
+//! Every query goes out as one unnamed statement with its parameters' types (`query_typed`:
+//! parse, bind and execute in one round trip), never as a named prepared statement reused
+//! later. So none of them depends on a server session surviving between transactions, and the
+//! pool could run through a transaction-mode pooler (the listener cannot: see
+//! [`crate::pooler`]). Statistics run in a transaction of their own, which such a pooler keeps
+//! on one session.
+
+use std::time::Duration;
+
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
+
+use crate::db::with_causes;
+use crate::event::{Event, EVENT_COLUMNS};
+
+/// Why a query of the pool failed. Shown with its causes, on one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no database connection: {}", with_causes(.0))]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("{}", with_causes(.0))]
+    Query(#[from] tokio_postgres::Error),
+    #[error("the query returned no row")]
+    NoRow,
+}
+
+/// One page of a negocio's events, as a replay reads it.
+#[derive(Debug)]
+pub struct Page {
+    /// The events this version understands, in seq order.
+    pub events: Vec<Event>,
+    /// Rows read (events of unknown actions included).
+    pub rows: usize,
+    /// The last seq read, if any.
+    pub last_seq: Option<i64>,
+}
+
+/// What the log can replay: seqs after `pruned_upto`, up to `newest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayWindow {
+    pub pruned_upto: i64,
+    pub newest: i64,
+}
+
+/// The pool, with one method per query.
+#[derive(Clone)]
+pub struct Store {
+    pool: deadpool_postgres::Pool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+impl Store {
+    pub fn new(pool: deadpool_postgres::Pool) -> Store {
+        Store { pool }
+    }
+
+    /// Runs `sql` as one unnamed statement; its rows.
+    async fn rows(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client.query_typed(sql, params).await?)
+    }
+
+    /// The first row of `sql`.
+    async fn row(&self, sql: &str, params: &[Param<'_>]) -> Result<Row, StoreError> {
+        self.rows(sql, params)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(StoreError::NoRow)
+    }
+
+    /// Which seqs a replay can serve.
+    pub async fn replay_window(&self) -> Result<ReplayWindow, StoreError> {
+        let row = self
+            .row(
+                "select r.pruned_upto, (select coalesce(max(seq), 0) from citas_realtime.events)
+                   from citas_realtime.retention r",
+                &[],
+            )
+            .await?;
+        Ok(ReplayWindow {
+            pruned_upto: row.try_get(0)?,
+            newest: row.try_get(1)?,
+        })
+    }
+
+    /// Up to `limit` events of `negocio` (and truncates) after seq `after`, in seq order.
+    pub async fn replay_page(
+        &self,
+        negocio: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Page, StoreError> {
+        // The negocio's events and the truncates (logged under negocio '', marked by their
+        // action: a row whose negocio is '' is no truncate), each an ordered range scan of the
+        // (negocio_id, seq) index; `negocio_id = any(...)` would read and sort every match.
+        let sql = format!(
+            "select * from (
+                (select {EVENT_COLUMNS}, e.seq as s from citas_realtime.events e
+                  where e.negocio_id = $1 and e.seq > $2 order by e.seq limit $3)
+                union all
+                (select {EVENT_COLUMNS}, e.seq as s from citas_realtime.events e
+                  where e.negocio_id = '' and e.action = 'truncated' and e.seq > $2
+                  order by e.seq limit $3)
+             ) page order by s limit $3"
+        );
+        let rows = self
+            .rows(
+                &sql,
+                &[
+                    (&negocio, Type::TEXT),
+                    (&after, Type::INT8),
+                    (&limit, Type::INT8),
+                ],
+            )
+            .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            events.extend(Event::from_row(row)?);
+        }
+        let last_seq = match rows.last() {
+            Some(row) => Some(row.try_get("seq")?),
+            None => None,
+        };
+        Ok(Page {
+            rows: rows.len(),
+            last_seq,
+            events,
+        })
+    }
+
+    /// Records an event announced by an application (`citas_realtime.notify_cita`); its seq.
+    pub async fn notify_cita(
+        &self,
+        negocio_id: &str,
+        action: &str,
+        cita_id: Option<&str>,
+        estado: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        let row = self
+            .row(
+                "select citas_realtime.notify_cita($1, $2, $3, $4)",
+                &[
+                    (&negocio_id, Type::TEXT),
+                    (&action, Type::TEXT),
+                    (&cita_id, Type::TEXT),
+                    (&estado, Type::TEXT),
+                ],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// The negocio's figures (`citas_realtime.estadisticas`, as JSON text) and the newest seq
+    /// they include, read under one snapshot, the query bounded by `timeout`.
+    pub async fn estadisticas(
+        &self,
+        negocio: &str,
+        timeout: Duration,
+    ) -> Result<(i64, Option<String>), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "set local statement_timeout = {}",
+            timeout.as_millis().max(1)
+        ))
+        .await?;
+        let rows = tx
+            .query_typed(
+                "select citas_realtime.estadisticas($1)::text,
+                        greatest(
+                          (select max(seq) from citas_realtime.events where negocio_id = $1),
+                          (select max(seq) from citas_realtime.events
+                            where negocio_id = '' and action = 'truncated'),
+                          0)",
+                &[(&negocio, Type::TEXT)],
+            )
+            .await?;
+        tx.commit().await?;
+        let row = rows.first().ok_or(StoreError::NoRow)?;
+        Ok((row.try_get(1)?, row.try_get(0)?))
+    }
+
+    /// Calls the access hook: `call_sql` takes the claims (JSON text) and the negocio.
+    pub async fn can_subscribe(
+        &self,
+        call_sql: &str,
+        claims: &str,
+        negocio: &str,
+    ) -> Result<bool, StoreError> {
+        let row = self
+            .row(call_sql, &[(&claims, Type::TEXT), (&negocio, Type::TEXT)])
+            .await?;
+        Ok(row.try_get::<_, Option<bool>>(0)?.unwrap_or(false))
+    }
+
+    /// `citas_realtime.prune(keep)`: how many events it deleted.
+    pub async fn prune(&self, keep: Duration) -> Result<i64, StoreError> {
+        let keep = format!("{} milliseconds", keep.as_millis());
+        let row = self
+            .row(
+                "select citas_realtime.prune($1::text::interval)",
+                &[(&keep, Type::TEXT)],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+}
