@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::mint_token;
 use crate::cli::{DemoArgs, ServeArgs};
 use crate::config::{Config, Secret};
-use crate::pgtemp::TempPostgres;
 use crate::sql;
+use pgtemp::TempPostgres;
 
 /// The demo's negocios (the names of the original design note).
 pub const NEGOCIOS: [&str; 2] = ["negocio_123", "negocio_456"];

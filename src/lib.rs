@@ -57,7 +57,6 @@ pub mod hub;
 pub mod jwks;
 pub mod listener;
 pub mod metrics;
-pub mod pgtemp;
 pub mod pooler;
 pub mod protocol;
 pub mod retention;

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use citas_realtime::pgtemp::TempPostgres;
 use citas_realtime::sql::{EXAMPLE_SCHEMA, INSTALL};
+use pgtemp::TempPostgres;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 

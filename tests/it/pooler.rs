@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use citas_realtime::pgtemp::{PoolMode, TempPgBouncer};
+use pgtemp::{PoolMode, TempPgBouncer};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{cluster, BinaryServer, TestApp, TestDb, DEADLINE, SECRET};

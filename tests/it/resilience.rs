@@ -1,6 +1,6 @@
 //! The listener survives its connection; the server shuts down cleanly.
 
-use citas_realtime::pgtemp::TempPostgres;
+use pgtemp::TempPostgres;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::helpers::{brief, connect, spawn_app, spawn_app_unready, test_config, TestDb, DEADLINE};

@@ -3,7 +3,6 @@
 //! clear error rather than a silent plain-text fallback.
 
 use citas_realtime::db::DbConfig;
-use citas_realtime::pgtemp::TempPostgres;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;
@@ -11,6 +10,7 @@ use openssl::pkey::PKey;
 use openssl::rsa::Rsa;
 use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
 use openssl::x509::{X509NameBuilder, X509};
+use pgtemp::TempPostgres;
 
 use crate::helpers::{spawn_app, TestDb};
 

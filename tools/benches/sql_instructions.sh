@@ -2,7 +2,7 @@
 # What the triggers cost a writer, in instructions: repeatable where sql_overhead's timings are
 # not (this machine's speed swings by tens of percent within minutes).
 #
-#   benches/sql_instructions.sh [SQL_FILE ...]     (default: sql/install.sql)
+#   tools/benches/sql_instructions.sh [SQL_FILE ...]     (default: sql/install.sql; paths from the repository root)
 #
 # Each SQL_FILE is installed over the example schema in a database of its own, beside a bare one,
 # in a private PostgreSQL cluster. Each workload then runs in a single-user backend
@@ -12,7 +12,7 @@
 # Needs valgrind and PostgreSQL's server binaries ($PG_BIN, pg_config --bindir, or
 # /usr/lib/postgresql/*/bin). Takes a few minutes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 files=("$@")
 [ ${#files[@]} -eq 0 ] && files=(sql/install.sql)

@@ -1,15 +1,15 @@
 //! What our triggers cost a writer: the same statements on a database without them and with
 //! them (and a server LISTENing), on one private PostgreSQL.
 //!
-//! Run: `cargo bench --bench sql_overhead` (add `-- --rows 100000 --seconds 5` to change sizes).
+//! Run: `cargo bench -p citas-realtime-tools --bench sql_overhead` (add `-- --rows 100000 --seconds 5` to change sizes).
 //! The private cluster runs with fsync and synchronous_commit off, which makes commits cheaper
 //! than on a production server: the ratios here are, if anything, pessimistic for us.
 
 use std::time::{Duration, Instant};
 
-use citas_realtime::pgtemp::TempPostgres;
 use citas_realtime::sql::{EXAMPLE_SCHEMA, INSTALL, NOTIFY_CHANNEL};
 use futures::StreamExt;
+use pgtemp::TempPostgres;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 struct Args {

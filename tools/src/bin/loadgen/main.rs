@@ -4,9 +4,9 @@
 //! negocios and over 127.0.0.x source addresses, writes real SQL at a set rate, and measures, at
 //! every client, the time from the write to the event's arrival.
 //!
-//!   cargo run --release --bin loadgen -- --clients 1000 --negocios 100 --rate 200 --duration 10
-//!   cargo run --release --bin loadgen -- --clients 10000 --idle          # memory per connection
-//!   cargo run --release --bin loadgen -- --clients 100 --negocios 1 --bulk-rows 100000
+//!   cargo run --release -p citas-realtime-tools --bin loadgen -- --clients 1000 --negocios 100 --rate 200 --duration 10
+//!   cargo run --release -p citas-realtime-tools --bin loadgen -- --clients 10000 --idle          # memory per connection
+//!   cargo run --release -p citas-realtime-tools --bin loadgen -- --clients 100 --negocios 1 --bulk-rows 100000
 //!
 //! Latency is measured from just before the write is sent to the event's arrival (so it
 //! includes the writer's commit): each write's cita ids encode its index, so a client maps an
@@ -201,7 +201,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (None, None, String::new(), server, Some(control))
     } else {
         println!("starting a private PostgreSQL ...");
-        let pg = tokio::task::spawn_blocking(citas_realtime::pgtemp::TempPostgres::start).await??;
+        let pg = tokio::task::spawn_blocking(pgtemp::TempPostgres::start).await??;
         let url = pg.url("postgres");
         let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
