@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use crate::access::{FunctionName, HookSettings};
-use crate::auth::TokenChecks;
+use crate::auth::access::{FunctionName, HookSettings};
+use crate::auth::jwks::JwksSource;
+use crate::auth::jwt::TokenChecks;
 use crate::cli::ServeArgs;
-use crate::db::DbConfig;
-use crate::http::HttpSettings;
-use crate::jwks::JwksSource;
-use crate::stats::StatsSettings;
+use crate::edge::http::serve::HttpSettings;
+use crate::fanout::stats::StatsSettings;
+use crate::log::db::DbConfig;
 
 /// Default address, as the server this one replaces used.
 pub const DEFAULT_BIND_ADDR: &str = "0.0.0.0:8080";
@@ -133,7 +133,7 @@ impl Config {
                     &args.jwt_jwks_cooldown,
                     "JWT_JWKS_COOLDOWN",
                     Duration::from_secs(1),
-                    crate::jwks::DEFAULT_COOLDOWN,
+                    crate::auth::jwks::DEFAULT_COOLDOWN,
                 )?,
             }),
         };
@@ -155,7 +155,7 @@ impl Config {
                     &args.can_subscribe_cache,
                     "CAN_SUBSCRIBE_CACHE",
                     Duration::ZERO,
-                    crate::access::DEFAULT_CACHE_TTL,
+                    crate::auth::access::DEFAULT_CACHE_TTL,
                 )?,
             }),
         };
@@ -264,16 +264,16 @@ impl Config {
                 &args.max_token_bytes,
                 "MAX_TOKEN_BYTES",
                 256..=1_048_576,
-                crate::auth::DEFAULT_MAX_TOKEN_BYTES,
+                crate::auth::jwt::DEFAULT_MAX_TOKEN_BYTES,
             )?,
             max_negocios: number(
                 &args.max_token_negocios,
                 "MAX_TOKEN_NEGOCIOS",
                 1..=1_000_000,
-                crate::auth::DEFAULT_MAX_NEGOCIOS,
+                crate::auth::jwt::DEFAULT_MAX_NEGOCIOS,
             )?,
             leeway_secs: match non_empty(&args.jwt_leeway) {
-                None => crate::auth::LEEWAY_SECS,
+                None => crate::auth::jwt::LEEWAY_SECS,
                 Some("0") | Some("0s") => 0,
                 Some(_) => duration(
                     &args.jwt_leeway,

@@ -42,27 +42,10 @@
 //! * [`check`]: `citas-realtime check`, one line per diagnosis.
 //! * [`cli`]: the command line.
 
-pub mod access;
-pub mod admin;
 pub mod auth;
-pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod cursor;
-pub mod db;
-pub mod demo;
-pub mod event;
-pub mod http;
-pub mod hub;
-pub mod jwks;
-pub mod listener;
-pub mod metrics;
-pub mod pooler;
-pub mod protocol;
-pub mod retention;
-pub mod server;
-pub mod sql;
-pub mod stats;
-pub mod store;
-pub mod web;
-pub mod ws;
+pub mod edge;
+pub mod fanout;
+pub mod log;

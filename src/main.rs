@@ -29,13 +29,17 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Some(Command::Demo(args)) => runtime.block_on(async {
-            citas_realtime::demo::run(args, stop_signal()).await?;
+            citas_realtime::commands::demo::run(args, stop_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }),
         Some(Command::Serve(args)) => serve(&runtime, &args),
-        Some(Command::Check(args)) => Ok(runtime.block_on(citas_realtime::check::run(&args))),
-        Some(Command::Sql(args)) => runtime.block_on(citas_realtime::admin::sql(&args.action)),
-        Some(Command::Token(args)) => match citas_realtime::admin::token(&args) {
+        Some(Command::Check(args)) => {
+            Ok(runtime.block_on(citas_realtime::commands::check::run(&args)))
+        }
+        Some(Command::Sql(args)) => {
+            runtime.block_on(citas_realtime::commands::admin::sql(&args.action))
+        }
+        Some(Command::Token(args)) => match citas_realtime::commands::admin::token(&args) {
             Ok(code) => Ok(code),
             Err(error) => {
                 eprintln!("error: {error}");
@@ -65,7 +69,7 @@ fn serve(
         }
     };
     runtime.block_on(async {
-        let server = citas_realtime::server::start(&config).await?;
+        let server = citas_realtime::commands::serve::start(&config).await?;
         stop_signal().cancelled().await;
         tracing::info!("shutting down");
         server.shutdown().await;

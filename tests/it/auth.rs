@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use crate::helpers::{spawn_app, token, TestApp, TestDb, Ws, SECRET};
 
 fn now() -> u64 {
-    citas_realtime::auth::now_secs()
+    citas_realtime::auth::jwt::now_secs()
 }
 
 fn sign(alg: Algorithm, secret: &str, claims: Value) -> String {

@@ -82,11 +82,12 @@ async fn token_signs_what_it_is_asked() {
     );
     assert_eq!(code, Some(0));
     let verifier =
-        citas_realtime::auth::Verifier::new(&citas_realtime::config::Secret::new(secret)).unwrap();
+        citas_realtime::auth::jwt::Verifier::new(&citas_realtime::config::Secret::new(secret))
+            .unwrap();
     let principal = verifier.verify(stdout.trim()).await.expect("a valid token");
     assert!(principal.grants.allows("a") && principal.grants.allows("b"));
     assert!(!principal.grants.allows("c"));
-    let lifetime = principal.expires_at - citas_realtime::auth::now_secs();
+    let lifetime = principal.expires_at - citas_realtime::auth::jwt::now_secs();
     assert!(
         (7000..=7200).contains(&lifetime),
         "ttl 2h, got {lifetime} s"
@@ -112,7 +113,7 @@ async fn sql_install_then_check_then_uninstall() {
     assert!(
         stdout.contains(&format!(
             "version {} installed",
-            citas_realtime::sql::SQL_VERSION
+            citas_realtime::log::sql::SQL_VERSION
         )),
         "{stdout}"
     );
@@ -152,7 +153,7 @@ async fn sql_install_then_check_then_uninstall() {
     }
     assert!(stdout.contains(&format!(
         "version {} installed",
-        citas_realtime::sql::SQL_VERSION
+        citas_realtime::log::sql::SQL_VERSION
     )));
 
     let url = db.url.clone();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use citas_realtime::sql::{EXAMPLE_SCHEMA, INSTALL};
+use citas_realtime::log::sql::{EXAMPLE_SCHEMA, INSTALL};
 use pgtemp::TempPostgres;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -310,7 +310,7 @@ async fn upgrade_under_writes(old_sql: &str, old_version: i32) {
     // 200 writes + 4: 51 citas, each created, updated twice and deleted.
     assert_eq!(logged.len(), 4 * 51);
     let version: i32 = db.scalar("select citas_realtime.version()").await;
-    assert_eq!(version, citas_realtime::sql::SQL_VERSION);
+    assert_eq!(version, citas_realtime::log::sql::SQL_VERSION);
 }
 
 /// What the upgrade tests write, in turn: each cita is created, changes estado, is edited

@@ -4,11 +4,11 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use citas_realtime::auth::mint_token;
+use citas_realtime::auth::jwt::mint_token;
 use citas_realtime::cli::ServeArgs;
+use citas_realtime::commands::serve::RunningServer;
 use citas_realtime::config::{Config, Secret};
-use citas_realtime::server::RunningServer;
-use citas_realtime::sql;
+use citas_realtime::log::sql;
 use futures::{SinkExt, StreamExt};
 use pgtemp::TempPostgres;
 use serde_json::{json, Value};
@@ -220,7 +220,7 @@ pub async fn spawn_app_ready(config: Config) -> TestApp {
 
 /// Starts a server without waiting for its listener.
 pub async fn spawn_app_unready(config: Config) -> TestApp {
-    let server = citas_realtime::server::start(&config)
+    let server = citas_realtime::commands::serve::start(&config)
         .await
         .expect("server starts");
     TestApp {

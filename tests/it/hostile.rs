@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use citas_realtime::auth::mint_token;
+use citas_realtime::auth::jwt::mint_token;
 use citas_realtime::config::Secret;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -174,7 +174,7 @@ async fn ten_kb_ids_never_fail_a_writer() {
         .await
         .unwrap();
     db.client
-        .batch_execute(citas_realtime::sql::INSTALL)
+        .batch_execute(citas_realtime::log::sql::INSTALL)
         .await
         .unwrap();
     // Random text does not compress: 10 KB of it is more than a btree entry may hold.

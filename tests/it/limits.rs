@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use citas_realtime::auth::{mint_token, now_secs};
+use citas_realtime::auth::jwt::{mint_token, now_secs};
 use citas_realtime::config::Secret;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -158,7 +158,7 @@ async fn a_session_pooler_works_like_a_direct_connection() {
 /// pooler with other clients (a future split: pool through the pooler, listener direct).
 #[tokio::test]
 async fn the_pool_queries_work_through_a_transaction_pooler() {
-    use citas_realtime::store::Store;
+    use citas_realtime::log::store::Store;
     let db = TestDb::new().await;
     db.client
         .batch_execute(
@@ -172,7 +172,7 @@ async fn the_pool_queries_work_through_a_transaction_pooler() {
     let stop = CancellationToken::new();
     background_traffic(url.clone(), 4, stop.clone());
     let store = Store::new(
-        citas_realtime::db::DbConfig::parse(&url)
+        citas_realtime::log::db::DbConfig::parse(&url)
             .unwrap()
             .pool(2)
             .unwrap(),

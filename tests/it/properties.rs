@@ -1,10 +1,10 @@
 //! Property tests: no input from a socket, a token's claims or a NOTIFY payload makes the
 //! parsers panic, and what they accept is well-formed.
 
-use citas_realtime::access::FunctionName;
-use citas_realtime::auth::{grants_from_claims, Grants};
-use citas_realtime::event::Announcement;
-use citas_realtime::protocol::{negocio_of, parse, ClientMessage, MAX_NEGOCIO_ID_LEN};
+use citas_realtime::auth::access::FunctionName;
+use citas_realtime::auth::jwt::{grants_from_claims, Grants};
+use citas_realtime::edge::ws::protocol::{negocio_of, parse, ClientMessage, MAX_NEGOCIO_ID_LEN};
+use citas_realtime::log::event::Announcement;
 use proptest::prelude::*;
 use serde_json::Value;
 

@@ -20,7 +20,7 @@ async fn health_reports_a_live_listener() {
 async fn a_client_subscribed_before_the_listener_is_live_misses_nothing() {
     let db = TestDb::empty().await;
     db.client
-        .batch_execute(citas_realtime::sql::EXAMPLE_SCHEMA)
+        .batch_execute(citas_realtime::log::sql::EXAMPLE_SCHEMA)
         .await
         .unwrap();
     let app = spawn_app_unready(test_config(&db.url)).await;
@@ -28,7 +28,7 @@ async fn a_client_subscribed_before_the_listener_is_live_misses_nothing() {
     assert_eq!(body["listener"], "disconnected");
     let mut ws = app.subscriber(&["early"]).await;
     db.client
-        .batch_execute(citas_realtime::sql::INSTALL)
+        .batch_execute(citas_realtime::log::sql::INSTALL)
         .await
         .unwrap();
     db.execute("insert into citas (negocio_id) values ('early')")

@@ -26,7 +26,7 @@ use crate::helpers::{
 };
 
 fn now() -> u64 {
-    citas_realtime::auth::now_secs()
+    citas_realtime::auth::jwt::now_secs()
 }
 
 /// A signing key of the test's identity provider: its private half signs tokens, its public
@@ -288,7 +288,7 @@ async fn jwks_from_a_file_and_clear_errors_for_bad_sources() {
         "http://127.0.0.1:9/jwks.json".to_string(),
     ] {
         let config = config_with(&db.url, |a| a.jwt_jwks_url = Some(bad.clone()));
-        let error = match citas_realtime::server::start(&config).await {
+        let error = match citas_realtime::commands::serve::start(&config).await {
             Ok(_) => panic!("started with JWT_JWKS_URL={bad}"),
             Err(error) => format!("{error:#}"),
         };
@@ -300,7 +300,10 @@ async fn jwks_from_a_file_and_clear_errors_for_bad_sources() {
     });
     let error = format!(
         "{:#}",
-        citas_realtime::server::start(&config).await.err().unwrap()
+        citas_realtime::commands::serve::start(&config)
+            .await
+            .err()
+            .unwrap()
     );
     assert!(error.contains("no usable signing key"), "{error}");
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::helpers::{listen, TestDb};
-use citas_realtime::sql::{EXAMPLE_SCHEMA, INSTALL, UNINSTALL};
+use citas_realtime::log::sql::{EXAMPLE_SCHEMA, INSTALL, UNINSTALL};
 
 #[tokio::test]
 async fn install_is_idempotent_and_uninstall_keeps_the_rows() {
@@ -302,5 +302,5 @@ async fn a_large_statement_sends_one_small_notification() {
 async fn the_installed_version_is_the_one_the_binary_ships() {
     let db = TestDb::new().await;
     let version: i32 = db.scalar("select citas_realtime.version()").await;
-    assert_eq!(version, citas_realtime::sql::SQL_VERSION);
+    assert_eq!(version, citas_realtime::log::sql::SQL_VERSION);
 }

@@ -2,7 +2,7 @@
 //! `sslrootcert` also checks the certificate, and a certificate that cannot be verified is a
 //! clear error rather than a silent plain-text fallback.
 
-use citas_realtime::db::DbConfig;
+use citas_realtime::log::db::DbConfig;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;

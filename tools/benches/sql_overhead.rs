@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use citas_realtime::sql::{EXAMPLE_SCHEMA, INSTALL, NOTIFY_CHANNEL};
+use citas_realtime::log::sql::{EXAMPLE_SCHEMA, INSTALL, NOTIFY_CHANNEL};
 use futures::StreamExt;
 use pgtemp::TempPostgres;
 use tokio_postgres::{AsyncMessage, Client, NoTls};

@@ -115,7 +115,7 @@ async fn serve() -> anyhow::Result<()> {
         ..Default::default()
     };
     let config = citas_realtime::config::Config::from_args(&args)?;
-    let server = citas_realtime::server::start(&config).await?;
+    let server = citas_realtime::commands::serve::start(&config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     term.recv().await;
     server.shutdown().await;
@@ -205,9 +205,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let url = pg.url("postgres");
         let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
-        db.batch_execute(citas_realtime::sql::EXAMPLE_SCHEMA)
+        db.batch_execute(citas_realtime::log::sql::EXAMPLE_SCHEMA)
             .await?;
-        db.batch_execute(citas_realtime::sql::INSTALL).await?;
+        db.batch_execute(citas_realtime::log::sql::INSTALL).await?;
         let server = std::process::Command::new(std::env::current_exe()?)
             .arg("--serve")
             .env("DATABASE_URL", &url)
@@ -637,7 +637,7 @@ async fn client(
         return result;
     };
     let _ = stream.set_nodelay(true);
-    let token = citas_realtime::auth::mint_token(
+    let token = citas_realtime::auth::jwt::mint_token(
         &citas_realtime::config::Secret::new(SECRET),
         json!({"negocio_id": negocio}),
         Duration::from_secs(3600),

@@ -163,7 +163,7 @@ impl Event {
     /// truncate, `resync` on its channel.
     pub fn frame_for(&self, negocio_id: &str) -> Message {
         if self.action == Action::Truncated {
-            crate::protocol::resync(&format!("{CHANNEL_PREFIX}{negocio_id}"))
+            crate::edge::ws::protocol::resync(&format!("{CHANNEL_PREFIX}{negocio_id}"))
         } else {
             self.to_frame()
         }

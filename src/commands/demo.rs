@@ -9,10 +9,10 @@ use rand::Rng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::mint_token;
+use crate::auth::jwt::mint_token;
 use crate::cli::{DemoArgs, ServeArgs};
 use crate::config::{Config, Secret};
-use crate::sql;
+use crate::log::sql;
 use pgtemp::TempPostgres;
 
 /// The demo's negocios (the names of the original design note).
@@ -45,7 +45,7 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> 
         bind_addr: Some(args.bind_addr.clone()),
         ..ServeArgs::default()
     })?;
-    let server = crate::server::start(&config).await?;
+    let server = crate::commands::serve::start(&config).await?;
     let addr = server.local_addr;
 
     println!("\ncitas-realtime demo is up.\n");

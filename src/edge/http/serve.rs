@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use warp::reply::Response;
 use warp::Filter;
 
-use crate::hub::Hub;
+use crate::fanout::hub::Hub;
 
 /// How often client errors are summed up in the log.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);

@@ -10,7 +10,7 @@
 //!
 //! Transactions commit out of `seq` order, so a read can skip seqs that commit later. Each read
 //! also returns its snapshot's running transactions; the skipped seqs are tracked, with the
-//! transactions that may hold them, in [`LogCursor`] (see [`crate::cursor`]), and read again
+//! transactions that may hold them, in [`LogCursor`] (see [`crate::log::cursor`]), and read again
 //! (*probed*) only when one of those transactions ends. No event is delivered twice: every seq
 //! is handed to the hub at most once per process.
 //!
@@ -19,7 +19,7 @@
 //! Any error (connection lost, query failure, a read that takes longer than [`QUERY_TIMEOUT`])
 //! ends the session; the listener reports itself down on `/health` and reconnects with capped,
 //! jittered exponential backoff. A read every [`POLL_INTERVAL`] even without notifications
-//! resolves gaps and proves the connection alive; TCP keepalives (see [`crate::db`]) catch a
+//! resolves gaps and proves the connection alive; TCP keepalives (see [`crate::log::db`]) catch a
 //! half-open connection beneath it.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
@@ -32,15 +32,15 @@ use tokio::sync::{oneshot, Notify};
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 
-use crate::cursor::{LogCursor, Running};
+use crate::log::cursor::{LogCursor, Running};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::db::{with_causes, ConnectError, DbConfig};
-use crate::event::{Announcement, Event, EVENT_COLUMNS};
-use crate::hub::Hub;
-use crate::sql::NOTIFY_CHANNEL;
-use crate::stats::Stats;
+use crate::fanout::hub::Hub;
+use crate::fanout::stats::Stats;
+use crate::log::db::{with_causes, ConnectError, DbConfig};
+use crate::log::event::{Announcement, Event, EVENT_COLUMNS};
+use crate::log::sql::NOTIFY_CHANNEL;
 
 /// How long the LISTEN self-test may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -141,7 +141,7 @@ enum SessionError {
          (Supabase: port 6543)? Use the direct connection or the session-mode pooler (port 5432)"
     )]
     ListenBroken,
-    #[error("{advice}: {0}", advice = crate::pooler::ADVICE)]
+    #[error("{advice}: {0}", advice = crate::log::pooler::ADVICE)]
     TransactionPooler(String),
     #[error("a read of the event log took longer than {0:?}")]
     Timeout(Duration),
@@ -306,9 +306,14 @@ impl Listener {
         }));
 
         // A session of our own, or nothing: LISTEN and the read's prepared statement need one.
-        let pid = crate::pooler::backend_pid(&client).await?;
-        if let Some(evidence) =
-            crate::pooler::transaction_pooler(&self.db, &client, pid, crate::pooler::ROUNDS).await?
+        let pid = crate::log::pooler::backend_pid(&client).await?;
+        if let Some(evidence) = crate::log::pooler::transaction_pooler(
+            &self.db,
+            &client,
+            pid,
+            crate::log::pooler::ROUNDS,
+        )
+        .await?
         {
             return Err(SessionError::TransactionPooler(evidence));
         }

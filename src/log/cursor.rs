@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use roaring::RoaringTreemap;
 
-use crate::hub::LogPosition;
+use crate::fanout::hub::LogPosition;
 
 /// Groups kept at most; beyond this the two oldest are merged.
 const MAX_GROUPS: usize = 64;

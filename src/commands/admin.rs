@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::json;
 
-use crate::auth::mint_token;
+use crate::auth::jwt::mint_token;
 use crate::cli::{SqlAction, SqlFile, TokenArgs};
 use crate::config::{database_from, jwt_secret_from, parse_duration, ConfigError, Secret};
-use crate::db::with_causes;
-use crate::sql;
+use crate::log::db::with_causes;
+use crate::log::sql;
 
 /// Prints a signed development token.
 pub fn token(args: &TokenArgs) -> Result<ExitCode, ConfigError> {

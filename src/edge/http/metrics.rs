@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
 
-use crate::hub::Hub;
-use crate::listener::ListenerStatus;
-use crate::stats::Stats;
+use crate::fanout::hub::Hub;
+use crate::fanout::stats::Stats;
+use crate::log::listener::ListenerStatus;
 
 /// Counters of the security paths, bumped where they happen (cheap atomics) and registered
 /// with the scrape registry as they are.
@@ -77,7 +77,7 @@ impl Metrics {
         status: Arc<ListenerStatus>,
         stats: Option<Arc<Stats>>,
         security: &SecurityCounters,
-        http: &crate::http::HttpCounters,
+        http: &crate::edge::http::serve::HttpCounters,
     ) -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {

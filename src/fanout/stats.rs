@@ -24,10 +24,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{Action, Event, Outbound, CHANNEL_PREFIX};
-use crate::hub::{ConnId, Hub};
-use crate::protocol;
-use crate::store::Store;
+use crate::edge::ws::protocol;
+use crate::fanout::hub::{ConnId, Hub};
+use crate::log::event::{Action, Event, Outbound, CHANNEL_PREFIX};
+use crate::log::store::Store;
 
 /// Settings, from [`crate::config::Config`].
 #[derive(Debug, Clone, Copy)]

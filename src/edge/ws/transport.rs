@@ -40,13 +40,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access::Access;
-use crate::auth::{now_secs, Principal, Verifier};
-use crate::event::Outbound;
-use crate::hub::{ConnId, ConnectionPermit, Hub, LogPosition, Subscriber};
-use crate::protocol::{self, ClientMessage, ErrorCode};
-use crate::stats::Stats;
-use crate::store::{Page, Store, StoreError};
+use crate::auth::access::Access;
+use crate::auth::jwt::{now_secs, Principal, Verifier};
+use crate::edge::ws::protocol::{self, ClientMessage, ErrorCode};
+use crate::fanout::hub::{ConnId, ConnectionPermit, Hub, LogPosition, Subscriber};
+use crate::fanout::stats::Stats;
+use crate::log::event::Outbound;
+use crate::log::store::{Page, Store, StoreError};
 
 /// Clients only send small control messages: anything larger is refused by tungstenite.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024;
@@ -91,7 +91,7 @@ pub struct WsContext {
     pub message_quota: governor::Quota,
     /// Events a connection may have replayed: per minute, and at once.
     pub replay_quota: governor::Quota,
-    pub security: Arc<crate::metrics::SecurityCounters>,
+    pub security: Arc<crate::edge::http::metrics::SecurityCounters>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -517,7 +517,7 @@ where
             replies.push(protocol::error(
                 ErrorCode::Forbidden,
                 "the new token does not grant this negocio: subscription ended",
-                Some(&format!("{}{negocio}", crate::event::CHANNEL_PREFIX)),
+                Some(&format!("{}{negocio}", crate::log::event::CHANNEL_PREFIX)),
             ));
         }
         self.write(replies.into_iter()).await.into()

@@ -5,7 +5,7 @@
 //! parse, bind and execute in one round trip), never as a named prepared statement reused
 //! later. So none of them depends on a server session surviving between transactions, and the
 //! pool could run through a transaction-mode pooler (the listener cannot: see
-//! [`crate::pooler`]). Statistics run in a transaction of their own, which such a pooler keeps
+//! [`crate::log::pooler`]). Statistics run in a transaction of their own, which such a pooler keeps
 //! on one session.
 
 use std::time::Duration;
@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
-use crate::db::with_causes;
-use crate::event::{Event, EVENT_COLUMNS};
+use crate::log::db::with_causes;
+use crate::log::event::{Event, EVENT_COLUMNS};
 
 /// Why a query of the pool failed. Shown with its causes, on one line.
 #[derive(Debug, thiserror::Error)]

@@ -11,10 +11,10 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-const INDEX_HTML: &str = include_str!("web/index.html");
-const DASHBOARD_JS: &str = include_str!("web/dashboard.js");
-const DASHBOARD_CSS: &str = include_str!("web/dashboard.css");
-const CLIENT_JS: &str = include_str!("web/citas-realtime.js");
+const INDEX_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
+const CLIENT_JS: &str = include_str!("dashboard/citas-realtime.js");
 
 /// Only what the page needs: its own files, and WebSockets to its own host (`'self'` covers
 /// same-origin `ws:`/`wss:` in current browsers; a bare `ws:` would allow any host).

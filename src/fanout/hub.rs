@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{Action, Event, Outbound};
+use crate::log::event::{Action, Event, Outbound};
 
 /// Identifies one WebSocket connection.
 pub type ConnId = u64;

@@ -2,7 +2,7 @@
 //!
 //! Tokens are signed either with HS256 and `JWT_SECRET` (Supabase's legacy JWT secret), or
 //! with an asymmetric key (RS256, ES256, ...) from a JWKS document (`JWT_JWKS_URL`, see
-//! [`crate::jwks`]); either or both may be configured. Every token must carry `exp`; `nbf` is
+//! [`crate::auth::jwks`]); either or both may be configured. Every token must carry `exp`; `nbf` is
 //! honoured; `aud` and `iss` are checked when configured. Algorithms are pinned: HS256 tokens
 //! meet only the secret, other tokens only the JWKS key their `kid` names, and only when that
 //! key's algorithm is the token's; anything else (`none` included) is refused before its
@@ -20,8 +20,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::Value;
 
+use crate::auth::jwks::Jwks;
 use crate::config::Secret;
-use crate::jwks::Jwks;
 
 /// Seconds of clock skew tolerated on `exp` (and `nbf`) unless configured.
 pub const LEEWAY_SECS: u64 = 30;
@@ -128,7 +128,7 @@ pub struct Principal {
     /// was accepted with (the same rule as at the upgrade), in seconds since the Unix epoch.
     pub valid_until: u64,
     /// The claims as JSON text, without those that change with every token issued (`exp`,
-    /// `iat`, `nbf`, `jti`): what the optional SQL access check ([`crate::access`]) is asked
+    /// `iat`, `nbf`, `jti`): what the optional SQL access check ([`crate::auth::access`]) is asked
     /// with and caches by. Kept only when that check is configured (else empty): text, not a
     /// parsed map, because every connection holds one.
     pub claims: Arc<str>,
@@ -202,7 +202,7 @@ impl Verifier {
     }
 
     /// Verifies `token` and reads its grants. Async because an unknown `kid` may make it fetch
-    /// the JWKS again (see [`crate::jwks`] for the refresh policy).
+    /// the JWKS again (see [`crate::auth::jwks`] for the refresh policy).
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let token = token.trim();
         if token.is_empty() {

@@ -1,4 +1,4 @@
-//! The JSON text messages of the WebSocket protocol (events themselves are in [`crate::event`]).
+//! The JSON text messages of the WebSocket protocol (events themselves are in [`crate::log::event`]).
 //!
 //! Client to server: `subscribe`, `unsubscribe`, `ping`. Server to client: `subscribed`,
 //! `unsubscribed`, `pong`, `error` (codes `bad_request`, `bad_channel`, `forbidden`, `unauthorized`,
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::event::CHANNEL_PREFIX;
+use crate::log::event::CHANNEL_PREFIX;
 
 /// Longest negocio id accepted in a channel name.
 pub const MAX_NEGOCIO_ID_LEN: usize = 256;

@@ -2,11 +2,11 @@
 //! exactly the files a DBA reads.
 
 /// Creates `public.citas` as the REST API uses it, when missing (demo and tests only).
-pub const EXAMPLE_SCHEMA: &str = include_str!("../sql/example_schema.sql");
+pub const EXAMPLE_SCHEMA: &str = include_str!("../../sql/example_schema.sql");
 /// Installs or upgrades the event log and the triggers. Idempotent, one transaction.
-pub const INSTALL: &str = include_str!("../sql/install.sql");
+pub const INSTALL: &str = include_str!("../../sql/install.sql");
 /// Removes everything `INSTALL` created; never touches a row of `public.citas`.
-pub const UNINSTALL: &str = include_str!("../sql/uninstall.sql");
+pub const UNINSTALL: &str = include_str!("../../sql/uninstall.sql");
 
 /// What `citas_realtime.version()` answers once [`INSTALL`] ran.
 pub const SQL_VERSION: i32 = 5;

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio_postgres::AsyncMessage;
 
-use crate::access::HookSettings;
+use crate::auth::access::HookSettings;
+use crate::auth::jwks::Jwks;
 use crate::cli::ServeArgs;
 use crate::config::{database_from, jwt_secret_from, Config};
-use crate::db::{with_causes, DbConfig, SslMode};
-use crate::jwks::Jwks;
-use crate::sql::SQL_VERSION;
+use crate::log::db::{with_causes, DbConfig, SslMode};
+use crate::log::sql::SQL_VERSION;
 
 /// How long the LISTEN/NOTIFY round trip may take.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -193,14 +193,17 @@ async fn listen(
 ) {
     // A session of its own first: behind a transaction-mode pooler the round trip below can
     // pass (the pooler hands a lone client the same session back) and prove nothing.
-    let own = match crate::pooler::backend_pid(client).await {
-        Ok(pid) => crate::pooler::transaction_pooler(db, client, pid, 10).await,
+    let own = match crate::log::pooler::backend_pid(client).await {
+        Ok(pid) => crate::log::pooler::transaction_pooler(db, client, pid, 10).await,
         Err(error) => Err(error),
     };
     match own {
         Ok(None) => {}
         Ok(Some(evidence)) => {
-            return r.fail("listen", format!("{}: {evidence}", crate::pooler::ADVICE))
+            return r.fail(
+                "listen",
+                format!("{}: {evidence}", crate::log::pooler::ADVICE),
+            )
         }
         Err(error) => return r.fail("listen", with_causes(&error)),
     }

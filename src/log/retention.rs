@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use crate::log::store::Store;
 
 /// How often to prune: a quarter of the retention, between 1 s and 5 min. Deleting in small,
 /// frequent batches keeps each delete short.

@@ -1,6 +1,6 @@
 //! Who may subscribe to which negocio.
 //!
-//! First the token's own grants ([`crate::auth::Grants`]: `negocio_id`, `negocio_ids`,
+//! First the token's own grants ([`crate::auth::jwt::Grants`]: `negocio_id`, `negocio_ids`,
 //! `service_role`). Apps that keep the user-to-negocio mapping in a table instead can name a SQL
 //! function a DBA defines (`CAN_SUBSCRIBE_FUNCTION`, for example
 //! `citas_realtime.can_subscribe(claims jsonb, negocio_id text) returns boolean`): when the
@@ -17,9 +17,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::auth::Principal;
-use crate::metrics::SecurityCounters;
-use crate::store::Store;
+use crate::auth::jwt::Principal;
+use crate::edge::http::metrics::SecurityCounters;
+use crate::log::store::Store;
 
 /// Default lifetime of a cached answer.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);

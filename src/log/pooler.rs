@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::db::DbConfig;
+use crate::log::db::DbConfig;
 
 /// What an operator is told, in the log and by `citas-realtime check`.
 pub const ADVICE: &str = "DATABASE_URL goes through a transaction-mode pooler (Supabase: port \

@@ -22,16 +22,16 @@ use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::access::Access;
-use crate::auth::{id_text, AuthError, Grants, Principal, Verifier};
+use crate::auth::access::Access;
+use crate::auth::jwks::Jwks;
+use crate::auth::jwt::{id_text, AuthError, Grants, Principal, Verifier};
 use crate::config::{Config, Limits};
-use crate::hub::Hub;
-use crate::hub::Refused;
-use crate::jwks::Jwks;
-use crate::listener::{Listener, ListenerStatus};
-use crate::metrics::SecurityCounters;
-use crate::store::Store;
-use crate::ws::{self, WsContext};
+use crate::edge::http::metrics::SecurityCounters;
+use crate::edge::ws::transport::{self, WsContext};
+use crate::fanout::hub::Hub;
+use crate::fanout::hub::Refused;
+use crate::log::listener::{Listener, ListenerStatus};
+use crate::log::store::Store;
 
 /// Pending connections the kernel queues for us. warp's own bind uses 128, which makes a storm
 /// of reconnecting dashboards hit SYN retransmits (seconds of delay); the kernel caps this at
@@ -82,17 +82,21 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         .pool(config.db_pool_size)
         .context("DATABASE_URL")?;
     let store = Store::new(pool);
-    let retention = config
-        .event_retention
-        .map(|keep| tokio::spawn(crate::retention::run(store.clone(), keep, shutdown.clone())));
+    let retention = config.event_retention.map(|keep| {
+        tokio::spawn(crate::log::retention::run(
+            store.clone(),
+            keep,
+            shutdown.clone(),
+        ))
+    });
     let stats = config
         .stats
-        .map(|settings| crate::stats::Stats::new(settings, hub.clone(), store.clone()));
+        .map(|settings| crate::fanout::stats::Stats::new(settings, hub.clone(), store.clone()));
     let stats_task = stats
         .clone()
         .map(|engine| tokio::spawn(engine.run(shutdown.clone())));
     let security = Arc::new(SecurityCounters::default());
-    let http_counters = Arc::new(crate::http::HttpCounters::default());
+    let http_counters = Arc::new(crate::edge::http::serve::HttpCounters::default());
     let access = Arc::new(Access::new(
         config.access_hook.clone(),
         store.clone(),
@@ -122,7 +126,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     );
     let listener = tokio::spawn(listener.run());
     let metrics = Arc::new(
-        crate::metrics::Metrics::new(
+        crate::edge::http::metrics::Metrics::new(
             hub.clone(),
             status.clone(),
             stats.clone(),
@@ -142,13 +146,13 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     );
     let http_counters = http_counters.clone();
     let http = tokio::spawn(
-        crate::http::Server {
+        crate::edge::http::serve::Server {
             listener: tcp,
             routes,
             settings: config.http.clone(),
             counters: http_counters,
             hub: hub.clone(),
-            open_file_limit: crate::http::raise_open_file_limit(),
+            open_file_limit: crate::edge::http::serve::raise_open_file_limit(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         }
@@ -216,7 +220,7 @@ fn routes(
     ctx: WsContext,
     verifier: Arc<Verifier>,
     status: Arc<ListenerStatus>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::edge::http::metrics::Metrics>,
     limits: Arc<Limits>,
     dashboard: bool,
     body_timeout: Duration,
@@ -310,7 +314,7 @@ fn routes(
             }
         })
         .untuple_one()
-        .and(crate::web::routes());
+        .and(crate::edge::http::dashboard::routes());
     ws.or(notify)
         .unify()
         .or(health)
@@ -390,7 +394,7 @@ async fn upgrade(
         }
     };
     let accept = derive_accept_key(key.as_bytes());
-    ws::spawn_connection(ctx.clone(), on_upgrade, principal, permit);
+    transport::spawn_connection(ctx.clone(), on_upgrade, principal, permit);
 
     let mut response = Response::default();
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -455,7 +459,7 @@ impl Notification {
             format!("body must be {{\"negocio_id\": ..., \"action\": ...}}: {error}")
         })?;
         let negocio_id = id_text(&body.negocio_id)
-            .filter(|id| id.len() <= crate::protocol::MAX_NEGOCIO_ID_LEN)
+            .filter(|id| id.len() <= crate::edge::ws::protocol::MAX_NEGOCIO_ID_LEN)
             .ok_or(
                 "negocio_id must be a string of 1 to 256 bytes without NUL, or an integer of at \
                  most 2^53 - 1 (send larger ids as strings)",

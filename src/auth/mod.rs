@@ -1,0 +1,6 @@
+//! Who a client is and what it may see: JWT verification (HS256 and JWKS keys) and access to
+//! negocios (the token's grants, then an optional SQL hook).
+
+pub mod access;
+pub mod jwks;
+pub mod jwt;
