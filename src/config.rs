@@ -1,7 +1,6 @@
 //! The configuration, read and validated in one place and passed down: nothing deeper in the
 //! crate reads the environment.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -9,6 +8,7 @@ use std::time::Duration;
 use crate::auth::access::{FunctionName, HookSettings};
 use crate::auth::jwks::JwksSource;
 use crate::auth::jwt::TokenChecks;
+use crate::auth::SecretString;
 use crate::cli::ServeArgs;
 use crate::edge::http::serve::HttpSettings;
 use crate::fanout::stats::StatsSettings;
@@ -37,30 +37,11 @@ pub enum ConfigError {
     Invalid { var: &'static str, reason: String },
 }
 
-/// A secret that never prints.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database: DbConfig,
     /// `None` when tokens are verified by JWKS keys only.
-    pub jwt_secret: Option<Secret>,
+    pub jwt_secret: Option<SecretString>,
     pub jwks: Option<JwksSettings>,
     /// The optional SQL access hook.
     pub access_hook: Option<HookSettings>,
@@ -140,7 +121,7 @@ impl Config {
         // One of the two is needed; both may be set (Supabase projects moving to asymmetric
         // keys accept both kinds for a while).
         let jwt_secret = match (non_empty(&args.jwt_secret), &jwks) {
-            (Some(secret), _) => Some(Secret::new(secret)),
+            (Some(secret), _) => Some(SecretString::from(secret)),
             (None, Some(_)) => None,
             (None, None) => return Err(ConfigError::Missing("JWT_SECRET")),
         };

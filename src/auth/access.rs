@@ -14,11 +14,11 @@
 //! subscriptions are not re-checked until the client sends a fresh token (`auth`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::auth::jwt::Principal;
-use crate::edge::http::metrics::SecurityCounters;
 use crate::log::store::Store;
 
 /// Default lifetime of a cached answer.
@@ -106,10 +106,17 @@ pub struct HookSettings {
 #[error("cannot check access to this negocio right now; try again")]
 pub struct Unavailable;
 
+/// Calls of the SQL hook (cache misses), and those that failed or timed out.
+#[derive(Debug, Default)]
+pub struct AccessCounters {
+    pub checks: AtomicU64,
+    pub failures: AtomicU64,
+}
+
 /// Decides subscriptions; shared by every connection.
 pub struct Access {
     hook: Option<(HookSettings, Store)>,
-    counters: Arc<SecurityCounters>,
+    counters: AccessCounters,
     /// (claims as JSON text, negocio) -> (answer, when asked). A plain mutex: held for a map
     /// lookup or insert only, never across an await.
     cache: Mutex<HashMap<(String, String), (bool, Instant)>>,
@@ -124,14 +131,10 @@ impl std::fmt::Debug for Access {
 }
 
 impl Access {
-    pub fn new(
-        hook: Option<HookSettings>,
-        store: Store,
-        counters: Arc<SecurityCounters>,
-    ) -> Access {
+    pub fn new(hook: Option<HookSettings>, store: Store) -> Access {
         Access {
             hook: hook.map(|h| (h, store)),
-            counters,
+            counters: AccessCounters::default(),
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -150,7 +153,7 @@ impl Access {
                 return Ok(*answer);
             }
         }
-        self.counters.access_checks.inc();
+        self.counters.checks.fetch_add(1, Ordering::Relaxed);
         let call_sql = settings.function.call_sql();
         let call = store.can_subscribe(&call_sql, &key.0, negocio);
         let answer = tokio::time::timeout(CHECK_TIMEOUT, call)
@@ -158,7 +161,7 @@ impl Access {
             .map_err(|_| "timed out".to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
             .map_err(|reason| {
-                self.counters.access_failures.inc();
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(function = %settings.function, reason, "access check failed");
                 Unavailable
             })?;
@@ -168,6 +171,14 @@ impl Access {
         }
         cache.insert(key, (answer, Instant::now()));
         Ok(answer)
+    }
+
+    /// Calls of the SQL hook so far: (calls, failures).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.counters.checks.load(Ordering::Relaxed),
+            self.counters.failures.load(Ordering::Relaxed),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (bool, Instant)>> {

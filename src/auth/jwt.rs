@@ -21,7 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::Value;
 
 use crate::auth::jwks::Jwks;
-use crate::config::Secret;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Seconds of clock skew tolerated on `exp` (and `nbf`) unless configured.
 pub const LEEWAY_SECS: u64 = 30;
@@ -159,13 +159,13 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// HS256 only, default checks. Fails only for an empty secret, which
     /// [`crate::config::Config`] already refuses.
-    pub fn new(secret: &Secret) -> Result<Verifier, jsonwebtoken::errors::Error> {
+    pub fn new(secret: &SecretString) -> Result<Verifier, jsonwebtoken::errors::Error> {
         Verifier::with_checks(Some(secret), None, &TokenChecks::default())
     }
 
     /// With an HS256 secret and/or JWKS keys, optional `aud`/`iss` checks and a leeway.
     pub fn with_checks(
-        secret: Option<&Secret>,
+        secret: Option<&SecretString>,
         jwks: Option<Arc<Jwks>>,
         checks: &TokenChecks,
     ) -> Result<Verifier, jsonwebtoken::errors::Error> {
@@ -186,8 +186,8 @@ impl Verifier {
         validation.set_required_spec_claims(&required);
         validation.leeway = checks.leeway_secs;
         let secret = match secret {
-            Some(secret) if !secret.expose().is_empty() => {
-                Some(DecodingKey::from_secret(secret.expose().as_bytes())?)
+            Some(secret) if !secret.expose_secret().is_empty() => {
+                Some(DecodingKey::from_secret(secret.expose_secret().as_bytes())?)
             }
             _ => None,
         };
@@ -337,7 +337,11 @@ pub fn now_secs() -> u64 {
 
 /// Signs `claims` (plus `iat` and `exp = now + ttl`) with HS256: for the demo, the tests and
 /// development. Production tokens come from the app's auth provider.
-pub fn mint_token(secret: &Secret, mut claims: Value, ttl: Duration) -> anyhow::Result<String> {
+pub fn mint_token(
+    secret: &SecretString,
+    mut claims: Value,
+    ttl: Duration,
+) -> anyhow::Result<String> {
     let now = now_secs();
     if let Value::Object(map) = &mut claims {
         map.entry("iat").or_insert(now.into());
@@ -348,7 +352,7 @@ pub fn mint_token(secret: &Secret, mut claims: Value, ttl: Duration) -> anyhow::
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
-        &EncodingKey::from_secret(secret.expose().as_bytes())?,
+        &EncodingKey::from_secret(secret.expose_secret().as_bytes())?,
     )?)
 }
 
@@ -388,7 +392,7 @@ mod tests {
 
     #[tokio::test]
     async fn verify_round_trip_and_refusals() {
-        let secret = Secret::new("a-test-secret-that-is-long-enough");
+        let secret = SecretString::from("a-test-secret-that-is-long-enough");
         let v = Verifier::new(&secret).unwrap();
         let ok = mint_token(
             &secret,
@@ -401,7 +405,7 @@ mod tests {
         assert!(p.grants.allows("a") && !p.grants.allows("b"));
 
         let other = mint_token(
-            &Secret::new("another-secret"),
+            &SecretString::from("another-secret"),
             json!({}),
             Duration::from_secs(60),
         )

@@ -4,3 +4,6 @@
 pub mod access;
 pub mod jwks;
 pub mod jwt;
+
+/// A secret that never prints (`JWT_SECRET`).
+pub use secrecy::SecretString;

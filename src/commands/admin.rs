@@ -6,14 +6,15 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::auth::jwt::mint_token;
+use crate::auth::SecretString;
 use crate::cli::{SqlAction, SqlFile, TokenArgs};
-use crate::config::{database_from, jwt_secret_from, parse_duration, ConfigError, Secret};
+use crate::config::{database_from, jwt_secret_from, parse_duration, ConfigError};
 use crate::log::db::with_causes;
 use crate::log::sql;
 
 /// Prints a signed development token.
 pub fn token(args: &TokenArgs) -> Result<ExitCode, ConfigError> {
-    let secret = Secret::new(jwt_secret_from(&args.jwt_secret)?);
+    let secret = SecretString::from(jwt_secret_from(&args.jwt_secret)?);
     let ttl = parse_duration(&args.ttl, "--ttl")?;
     let mut claims = json!({"sub": args.sub, "role": args.role});
     match args.negocios.as_slice() {

@@ -10,10 +10,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::jwt::mint_token;
+use crate::auth::SecretString;
 use crate::cli::{DemoArgs, ServeArgs};
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::log::sql;
 use pgtemp::TempPostgres;
+use secrecy::ExposeSecret;
 
 /// The demo's negocios (the names of the original design note).
 pub const NEGOCIOS: [&str; 2] = ["negocio_123", "negocio_456"];
@@ -33,7 +35,7 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> 
     client.batch_execute(sql::INSTALL).await?;
     seed(&client).await?;
 
-    let secret = Secret::new(
+    let secret = SecretString::from(
         args.jwt_secret
             .clone()
             .filter(|s| !s.trim().is_empty())
@@ -41,7 +43,7 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> 
     );
     let config = Config::from_args(&ServeArgs {
         database_url: Some(url.clone()),
-        jwt_secret: Some(secret.expose().to_string()),
+        jwt_secret: Some(secret.expose_secret().to_string()),
         bind_addr: Some(args.bind_addr.clone()),
         ..ServeArgs::default()
     })?;

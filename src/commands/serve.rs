@@ -26,11 +26,12 @@ use crate::auth::access::Access;
 use crate::auth::jwks::Jwks;
 use crate::auth::jwt::{id_text, AuthError, Grants, Principal, Verifier};
 use crate::config::{Config, Limits};
-use crate::edge::http::metrics::SecurityCounters;
+use crate::edge::http::metrics::EdgeCounters;
 use crate::edge::ws::transport::{self, WsContext};
 use crate::fanout::hub::Hub;
 use crate::fanout::hub::Refused;
-use crate::log::listener::{Listener, ListenerStatus};
+use crate::log::listener::Listener;
+use crate::log::status::ListenerStatus;
 use crate::log::store::Store;
 
 /// Pending connections the kernel queues for us. warp's own bind uses 128, which makes a storm
@@ -95,16 +96,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let stats_task = stats
         .clone()
         .map(|engine| tokio::spawn(engine.run(shutdown.clone())));
-    let security = Arc::new(SecurityCounters::default());
+    let security = Arc::new(EdgeCounters::default());
     let http_counters = Arc::new(crate::edge::http::serve::HttpCounters::default());
-    let access = Arc::new(Access::new(
-        config.access_hook.clone(),
-        store.clone(),
-        security.clone(),
-    ));
+    let access = Arc::new(Access::new(config.access_hook.clone(), store.clone()));
     let ctx = WsContext {
         verifier: verifier.clone(),
-        access,
+        access: access.clone(),
         max_subscriptions: config.limits.max_subscriptions,
         message_quota: config.limits.message_quota(),
         replay_quota: config.limits.replay_quota(),
@@ -119,20 +116,23 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     };
     let listener = Listener::new(
         config.database.clone(),
-        hub.clone(),
-        stats.clone(),
+        Arc::new(crate::fanout::Fanout {
+            hub: hub.clone(),
+            stats: stats.clone(),
+        }),
         status.clone(),
         shutdown.clone(),
     );
     let listener = tokio::spawn(listener.run());
     let metrics = Arc::new(
-        crate::edge::http::metrics::Metrics::new(
-            hub.clone(),
-            status.clone(),
-            stats.clone(),
-            &security,
-            &http_counters,
-        )
+        crate::edge::http::metrics::Metrics::new(crate::edge::http::metrics::Sources {
+            hub: hub.clone(),
+            status: status.clone(),
+            stats: stats.clone(),
+            access: access.clone(),
+            edge: security.clone(),
+            http: http_counters.clone(),
+        })
         .context("cannot set up metrics")?,
     );
     let routes = routes(
@@ -546,7 +546,7 @@ const NOTIFY_BODY_LIMIT: u64 = 16 * 1024;
 /// `POST /notify/cita`: the old design's REST-side notification, for APIs not yet migrated.
 /// Service tokens only. The event goes through the log like any trigger-written one
 /// (`citas_realtime.notify_cita`), so every instance, every resume and the statistics see it.
-async fn notify_cita(store: &Store, security: &SecurityCounters, body: &[u8]) -> Response {
+async fn notify_cita(store: &Store, security: &EdgeCounters, body: &[u8]) -> Response {
     let note = match Notification::from_body(body) {
         Ok(note) => note,
         Err(reason) => return error_response(StatusCode::BAD_REQUEST, &reason),

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::log::event::{Action, Event, Outbound};
+use crate::fanout::frames::{self, Outbound};
+use crate::log::cursor::LogPosition;
+use crate::log::event::{Action, Event};
 
 /// Identifies one WebSocket connection.
 pub type ConnId = u64;
@@ -32,22 +34,6 @@ pub struct Subscriber {
     pub queue: mpsc::Sender<Arc<Outbound>>,
     /// Cancelled by the hub when the queue overflowed: the connection must close with 1013.
     pub kicked: CancellationToken,
-}
-
-/// How far the listener has published: every seq at or below `cursor` and not `pending` was
-/// handed to the hub already; any other seq may still be published later.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LogPosition {
-    pub cursor: i64,
-    /// Seqs below the cursor whose transactions may still commit (shared, copied on change).
-    pub pending: Arc<roaring::RoaringTreemap>,
-}
-
-impl LogPosition {
-    /// True when `seq` may still be published after this position was taken.
-    pub fn may_publish_later(&self, seq: i64) -> bool {
-        seq > self.cursor || u64::try_from(seq).is_ok_and(|key| self.pending.contains(key))
-    }
 }
 
 /// One subscription: the connection, and whether it wants statistics snapshots.
@@ -275,7 +261,7 @@ impl Hub {
                         .collect()
                 };
                 for (negocio_id, subs) in targets {
-                    let frame = event.to_outbound(negocio_id);
+                    let frame = frames::outbound(event, negocio_id);
                     for entry in subs {
                         match offer(&entry.sub, &frame) {
                             None => delivered += 1,

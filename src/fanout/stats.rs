@@ -21,12 +21,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::{Notify, Semaphore};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::edge::ws::protocol;
+use crate::fanout::frames::{self, ErrorCode, Outbound};
 use crate::fanout::hub::{ConnId, Hub};
-use crate::log::event::{Action, Event, Outbound, CHANNEL_PREFIX};
+use crate::log::event::{Action, Event};
 use crate::log::store::Store;
 
 /// Settings, from [`crate::config::Config`].
@@ -176,7 +175,7 @@ impl Stats {
         };
         self.queries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let channel = format!("{CHANNEL_PREFIX}{negocio}");
+        let channel = frames::channel(negocio);
         // statement_timeout ends a slow query in the database; this outer bound only covers a
         // pool that cannot hand out a connection.
         let bound = self.settings.timeout * 2 + Duration::from_secs(1);
@@ -195,7 +194,7 @@ impl Stats {
                 let frame = Arc::new(Outbound {
                     seq,
                     negocio_id: negocio.to_string(),
-                    frame: snapshot_frame(&channel, data, seq),
+                    frame: frames::snapshot(&channel, data, seq),
                     is_event: false,
                 });
                 {
@@ -220,8 +219,8 @@ impl Stats {
                 let frame = Arc::new(Outbound {
                     seq: 0,
                     negocio_id: negocio.to_string(),
-                    frame: protocol::error(
-                        protocol::ErrorCode::StatsUnavailable,
+                    frame: frames::error(
+                        ErrorCode::StatsUnavailable,
                         &format!("citas_realtime.estadisticas failed: {reason}"),
                         Some(&channel),
                     ),
@@ -258,11 +257,3 @@ async fn query(store: &Store, negocio: &str, timeout: Duration) -> Result<(i64, 
 
 /// The most JSON a statistics snapshot may carry.
 pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024;
-
-fn snapshot_frame(channel: &str, mut data: Value, seq: i64) -> Message {
-    if let Value::Object(map) = &mut data {
-        map.insert("seq".into(), seq.into());
-    }
-    let text = json!({"type": "estadisticas", "channel": channel, "data": data}).to_string();
-    Message::Text(Utf8Bytes::from(text))
-}

@@ -33,7 +33,21 @@ use std::sync::Arc;
 
 use roaring::RoaringTreemap;
 
-use crate::fanout::hub::LogPosition;
+/// How far the listener has published: every seq at or below `cursor` and not `pending` was
+/// handed to the hub already; any other seq may still be published later.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogPosition {
+    pub cursor: i64,
+    /// Seqs below the cursor whose transactions may still commit (shared, copied on change).
+    pub pending: Arc<roaring::RoaringTreemap>,
+}
+
+impl LogPosition {
+    /// True when `seq` may still be published after this position was taken.
+    pub fn may_publish_later(&self, seq: i64) -> bool {
+        seq > self.cursor || u64::try_from(seq).is_ok_and(|key| self.pending.contains(key))
+    }
+}
 
 /// Groups kept at most; beyond this the two oldest are merged.
 const MAX_GROUPS: usize = 64;

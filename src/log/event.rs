@@ -1,16 +1,9 @@
-//! One change of one cita, as read from `citas_realtime.events`, and its wire form.
-//!
-//! The wire form is built once per event ([`Event::to_frame`]) and the resulting frame is shared
-//! by every subscriber: a `Utf8Bytes` clone is a reference-count increment, not a copy.
-
-use std::sync::Arc;
+//! One change of one cita, as read from `citas_realtime.events` (its wire form is
+//! [`crate::fanout::frames`]'s), and the triggers' `NOTIFY` payload.
 
 use serde::Serialize;
 use tokio_postgres::Row;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-/// The channel prefix of the protocol: `estadisticas:<negocio_id>`.
-pub const CHANNEL_PREFIX: &str = "estadisticas:";
 /// The most bytes of `cita_id`, `estado` and `estado_anterior` an event carries; longer values
 /// are cut (at a character boundary) and the event says so (`fields_truncated`). With this
 /// bound no event frame comes near what a socket's write buffer takes.
@@ -71,43 +64,10 @@ pub struct Event {
     pub fields_truncated: bool,
 }
 
-#[derive(Serialize)]
-struct Wire<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    channel: String,
-    data: WireData<'a>,
-}
-
-#[derive(Serialize)]
-struct WireData<'a> {
-    action: Action,
-    negocio_id: &'a str,
-    /// `null` for an event announced through `POST /notify/cita` without a cita id.
-    cita_id: Option<&'a str>,
-    estado: Option<&'a str>,
-    estado_anterior: Option<&'a str>,
-    seq: i64,
-    timestamp: &'a str,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    fields_truncated: bool,
-}
-
 /// The columns [`Event::from_row`] reads, for `select {EVENT_COLUMNS} from citas_realtime.events e`.
 pub const EVENT_COLUMNS: &str = "e.seq, e.negocio_id, e.cita_id, e.action, e.estado, \
      e.estado_anterior, \
      to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') as ts";
-
-/// An event ready to go out: its frame, serialized once and shared by every subscriber's queue
-/// (an `Arc` clone per subscriber), with what a connection needs to de-duplicate it.
-#[derive(Debug)]
-pub struct Outbound {
-    pub seq: i64,
-    pub negocio_id: String,
-    pub frame: Message,
-    /// True for events (subject to replay de-duplication), false for statistics snapshots.
-    pub is_event: bool,
-}
 
 impl Event {
     /// Reads a row selected with [`EVENT_COLUMNS`]; `None` (logged) for an action this version
@@ -140,59 +100,6 @@ impl Event {
             timestamp: row.try_get("ts")?,
             fields_truncated: cut,
         }))
-    }
-
-    /// True when subscribers of `negocio_id` receive this event (a truncate reaches every
-    /// negocio; any other event only its own).
-    pub fn concerns(&self, negocio_id: &str) -> bool {
-        self.action == Action::Truncated || self.negocio_id == negocio_id
-    }
-
-    /// The shared, ready-to-send form of this event for subscribers of `negocio_id` (its own
-    /// negocio, or any negocio for a truncate).
-    pub fn to_outbound(&self, negocio_id: &str) -> Arc<Outbound> {
-        Arc::new(Outbound {
-            seq: self.seq,
-            negocio_id: negocio_id.to_string(),
-            frame: self.frame_for(negocio_id),
-            is_event: true,
-        })
-    }
-
-    /// What a subscriber of `negocio_id` receives for this event: the event itself, or, for a
-    /// truncate, `resync` on its channel.
-    pub fn frame_for(&self, negocio_id: &str) -> Message {
-        if self.action == Action::Truncated {
-            crate::edge::ws::protocol::resync(&format!("{CHANNEL_PREFIX}{negocio_id}"))
-        } else {
-            self.to_frame()
-        }
-    }
-
-    /// The channel subscribers of this event's negocio listen on.
-    pub fn channel(&self) -> String {
-        format!("{CHANNEL_PREFIX}{}", self.negocio_id)
-    }
-
-    /// The JSON text frame every subscriber receives, built once.
-    pub fn to_frame(&self) -> Message {
-        let wire = Wire {
-            kind: self.action.message_type(),
-            channel: self.channel(),
-            data: WireData {
-                action: self.action,
-                negocio_id: &self.negocio_id,
-                cita_id: Some(self.cita_id.as_str()).filter(|id| !id.is_empty()),
-                estado: self.estado.as_deref(),
-                estado_anterior: self.estado_anterior.as_deref(),
-                seq: self.seq,
-                timestamp: &self.timestamp,
-                fields_truncated: self.fields_truncated,
-            },
-        };
-        // Serializing plain strings and integers cannot fail.
-        let text = serde_json::to_string(&wire).unwrap_or_default();
-        Message::Text(Utf8Bytes::from(text))
     }
 }
 
@@ -288,33 +195,5 @@ mod tests {
         // 'é' is two bytes: a cut inside it keeps the character out.
         assert_eq!(bounded("aéé".into(), 4), ("aé".into(), true));
         assert_eq!(bounded("€".repeat(1000), MAX_TEXT_BYTES).0.len(), 1023);
-    }
-
-    #[test]
-    fn wire_form_matches_the_protocol() {
-        let ev = Event {
-            seq: 42,
-            negocio_id: "negocio_123".into(),
-            cita_id: "c1".into(),
-            action: Action::StatusChanged,
-            estado: Some("confirmada".into()),
-            estado_anterior: Some("pendiente".into()),
-            timestamp: "2026-11-28T10:00:00.123Z".into(),
-            fields_truncated: false,
-        };
-        let Message::Text(text) = ev.to_frame() else {
-            panic!("not a text frame")
-        };
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({
-                "type": "cita_status_changed",
-                "channel": "estadisticas:negocio_123",
-                "data": {"action": "status_changed", "negocio_id": "negocio_123", "cita_id": "c1",
-                         "estado": "confirmada", "estado_anterior": "pendiente", "seq": 42,
-                         "timestamp": "2026-11-28T10:00:00.123Z"}
-            })
-        );
     }
 }

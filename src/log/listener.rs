@@ -22,7 +22,7 @@
 //! resolves gaps and proves the connection alive; TCP keepalives (see [`crate::log::db`]) catch a
 //! half-open connection beneath it.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,11 +36,13 @@ use crate::log::cursor::{LogCursor, Running};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::fanout::hub::Hub;
-use crate::fanout::stats::Stats;
+use crate::log::cursor::LogPosition;
 use crate::log::db::{with_causes, ConnectError, DbConfig};
 use crate::log::event::{Announcement, Event, EVENT_COLUMNS};
 use crate::log::sql::NOTIFY_CHANNEL;
+use crate::log::status::{
+    ListenerStatus, STATE_CONNECTED, STATE_DISCONNECTED, STATE_TRANSACTION_POOLER,
+};
 
 /// How long the LISTEN self-test may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,79 +56,6 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 const PRIME_WINDOW: i64 = 1000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-const STATE_DISCONNECTED: u8 = 0;
-const STATE_CONNECTED: u8 = 1;
-const STATE_TRANSACTION_POOLER: u8 = 2;
-
-/// Shared, lock-free view of the listener for `/health`.
-#[derive(Debug)]
-pub struct ListenerStatus {
-    /// One of the `STATE_*` values.
-    state: AtomicU8,
-    last_seq: AtomicI64,
-    reconnects: AtomicU64,
-    events_read: AtomicU64,
-    /// Seconds from an event's write to the listener handing it to the hub.
-    pub lag: prometheus::Histogram,
-    /// Notifications on our channel whose payload is not an [`Announcement`].
-    pub unrecognised: prometheus::IntCounter,
-}
-
-impl Default for ListenerStatus {
-    fn default() -> Self {
-        let opts = prometheus::HistogramOpts::new(
-            "citas_realtime_event_lag_seconds",
-            "Time from a change being written to its event being handed to subscribers' queues",
-        )
-        .buckets(vec![
-            0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]);
-        ListenerStatus {
-            state: AtomicU8::new(STATE_DISCONNECTED),
-            last_seq: AtomicI64::new(0),
-            reconnects: AtomicU64::new(0),
-            events_read: AtomicU64::new(0),
-            // Fixed, valid options: creation cannot fail.
-            lag: prometheus::Histogram::with_opts(opts)
-                .unwrap_or_else(|_| unreachable!("valid histogram options")),
-            unrecognised: prometheus::IntCounter::new(
-                "citas_realtime_unrecognised_notifications_total",
-                "NOTIFY citas_realtime payloads that are not a trigger's announcement \
-                 (another install.sql version, or someone else using the channel)",
-            )
-            .unwrap_or_else(|_| unreachable!("valid counter options")),
-        }
-    }
-}
-
-impl ListenerStatus {
-    /// Events read from the log and handed to the hub.
-    pub fn events_read(&self) -> u64 {
-        self.events_read.load(Ordering::Relaxed)
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.state.load(Ordering::Acquire) == STATE_CONNECTED
-    }
-
-    /// What `/health` says of the listener: `connected`, `disconnected`, or
-    /// `transaction_pooler` (DATABASE_URL cannot give it a session of its own).
-    pub fn state_name(&self) -> &'static str {
-        match self.state.load(Ordering::Acquire) {
-            STATE_CONNECTED => "connected",
-            STATE_TRANSACTION_POOLER => "transaction_pooler",
-            _ => "disconnected",
-        }
-    }
-    /// The highest seq read from the log so far.
-    pub fn last_seq(&self) -> i64 {
-        self.last_seq.load(Ordering::Relaxed)
-    }
-    pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::Relaxed)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -176,12 +105,19 @@ impl From<tokio_postgres::Error> for SessionError {
     }
 }
 
+/// Where the listener hands what it reads (the fan-out, in the server): the log knows nothing
+/// of subscribers.
+pub trait Publish: Send + Sync {
+    /// `events` in the order to deliver them, and how far the listener has read: called after
+    /// every read, even one that found nothing.
+    fn publish(&self, events: &[Event], position: LogPosition);
+}
+
 pub struct Listener {
     /// When this server started: events committed since then are news, older ones history.
     started: Instant,
     db: DbConfig,
-    hub: Arc<Hub>,
-    stats: Option<Arc<Stats>>,
+    sink: Arc<dyn Publish>,
     status: Arc<ListenerStatus>,
     shutdown: CancellationToken,
 }
@@ -189,16 +125,14 @@ pub struct Listener {
 impl Listener {
     pub fn new(
         db: DbConfig,
-        hub: Arc<Hub>,
-        stats: Option<Arc<Stats>>,
+        sink: Arc<dyn Publish>,
         status: Arc<ListenerStatus>,
         shutdown: CancellationToken,
     ) -> Listener {
         Listener {
             started: Instant::now(),
             db,
-            hub,
-            stats,
+            sink,
             status,
             shutdown,
         }
@@ -264,7 +198,7 @@ impl Listener {
         // a notification only stores a wake-up permit, so PostgreSQL's queue never backs up
         // behind us.
         let wake_driver = wake.clone();
-        let unrecognised = self.status.unrecognised.clone();
+        let status = self.status.clone();
         let probe_channel = format!("citas_realtime_probe_{:08x}", rand::random::<u32>());
         let probe_seen = Arc::new(Notify::new());
         let (probe_driver, probe_name) = (probe_seen.clone(), probe_channel.clone());
@@ -284,7 +218,7 @@ impl Listener {
                                 "announced"
                             ),
                             Err(reason) => {
-                                unrecognised.inc();
+                                status.unrecognised.fetch_add(1, Ordering::Relaxed);
                                 tracing::debug!(
                                     reason,
                                     "unrecognised NOTIFY payload; reading the log anyway"
@@ -450,10 +384,7 @@ impl Listener {
         self.status
             .events_read
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        self.hub.publish(&events, log.position());
-        if let Some(stats) = &self.stats {
-            stats.mark_dirty(&events);
-        }
+        self.sink.publish(&events, log.position());
     }
 }
 

@@ -8,4 +8,5 @@ pub mod listener;
 pub mod pooler;
 pub mod retention;
 pub mod sql;
+pub mod status;
 pub mod store;

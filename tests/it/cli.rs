@@ -82,7 +82,7 @@ async fn token_signs_what_it_is_asked() {
     );
     assert_eq!(code, Some(0));
     let verifier =
-        citas_realtime::auth::jwt::Verifier::new(&citas_realtime::config::Secret::new(secret))
+        citas_realtime::auth::jwt::Verifier::new(&citas_realtime::auth::SecretString::from(secret))
             .unwrap();
     let principal = verifier.verify(stdout.trim()).await.expect("a valid token");
     assert!(principal.grants.allows("a") && principal.grants.allows("b"));

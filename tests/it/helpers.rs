@@ -5,9 +5,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use citas_realtime::auth::jwt::mint_token;
+use citas_realtime::auth::SecretString;
 use citas_realtime::cli::ServeArgs;
 use citas_realtime::commands::serve::RunningServer;
-use citas_realtime::config::{Config, Secret};
+use citas_realtime::config::Config;
 use citas_realtime::log::sql;
 use futures::{SinkExt, StreamExt};
 use pgtemp::TempPostgres;
@@ -383,7 +384,12 @@ impl Drop for BinaryServer {
 
 /// A token signed with the test secret, valid for an hour, with these claims.
 pub fn token(claims: Value) -> String {
-    mint_token(&Secret::new(SECRET), claims, Duration::from_secs(3600)).expect("mint token")
+    mint_token(
+        &SecretString::from(SECRET),
+        claims,
+        Duration::from_secs(3600),
+    )
+    .expect("mint token")
 }
 
 /// A WebSocket client that speaks JSON. Statistics snapshots (`estadisticas`, and

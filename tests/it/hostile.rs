@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use citas_realtime::auth::jwt::mint_token;
-use citas_realtime::config::Secret;
+use citas_realtime::auth::SecretString;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -204,7 +204,7 @@ async fn a_far_future_exp_works_and_leaves_nothing_behind() {
     let app = spawn_app(&db.url).await;
     let forever = |sub: &str| {
         mint_token(
-            &Secret::new(SECRET),
+            &SecretString::from(SECRET),
             json!({"sub": sub, "negocio_id": "x", "exp": u64::MAX}),
             Duration::ZERO,
         )

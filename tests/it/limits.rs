@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use citas_realtime::auth::jwt::{mint_token, now_secs};
-use citas_realtime::config::Secret;
+use citas_realtime::auth::SecretString;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -18,7 +18,7 @@ use crate::helpers::{
 fn short_token(claims: serde_json::Value, secs: u64) -> String {
     let mut claims = claims;
     claims["exp"] = (now_secs() + secs).into();
-    mint_token(&Secret::new(SECRET), claims, Duration::ZERO).unwrap()
+    mint_token(&SecretString::from(SECRET), claims, Duration::ZERO).unwrap()
 }
 
 #[tokio::test]
@@ -41,7 +41,7 @@ async fn a_token_inside_the_leeway_lives_until_exp_plus_leeway() {
     let app = spawn_app_ready(config_with(&db.url, |a| a.jwt_leeway = Some("4s".into()))).await;
     let mut claims = json!({"negocio_id": "x"});
     claims["exp"] = (now_secs() - 1).into();
-    let expired = mint_token(&Secret::new(SECRET), claims, Duration::ZERO).unwrap();
+    let expired = mint_token(&SecretString::from(SECRET), claims, Duration::ZERO).unwrap();
     let started = std::time::Instant::now();
     let mut ws = app.ws(&expired).await;
     ws.subscribe("x").await;

@@ -1,15 +1,10 @@
-//! The JSON text messages of the WebSocket protocol (events themselves are in [`crate::log::event`]).
-//!
-//! Client to server: `subscribe`, `unsubscribe`, `ping`. Server to client: `subscribed`,
-//! `unsubscribed`, `pong`, `error` (codes `bad_request`, `bad_channel`, `forbidden`, `unauthorized`,
-//! `too_many_subscriptions`, `stats_unavailable`, `unavailable`) and the
-//! `cita_*` events. Unknown fields are ignored, so newer clients can send more.
+//! What clients send: the four JSON messages `subscribe`, `unsubscribe`, `ping` and `auth`, and
+//! channel names. Unknown fields are ignored, so newer clients can send more. (What the server
+//! sends is [`crate::fanout::frames`].)
 
 use serde::Deserialize;
-use serde_json::json;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::log::event::CHANNEL_PREFIX;
+use crate::fanout::frames::CHANNEL_PREFIX;
 
 /// Longest negocio id accepted in a channel name.
 pub const MAX_NEGOCIO_ID_LEN: usize = 256;
@@ -37,33 +32,6 @@ pub enum ClientMessage {
     },
 }
 
-/// Error codes clients branch on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    BadRequest,
-    BadChannel,
-    Forbidden,
-    StatsUnavailable,
-    Unauthorized,
-    TooManySubscriptions,
-    /// The access check (the optional SQL hook) could not be made: try again.
-    Unavailable,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::BadChannel => "bad_channel",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::StatsUnavailable => "stats_unavailable",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
-            ErrorCode::Unavailable => "unavailable",
-        }
-    }
-}
-
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<ClientMessage, String> {
     serde_json::from_str(text).map_err(|e| format!("invalid message: {e}"))
@@ -88,40 +56,6 @@ fn truncate(text: &str, max: usize) -> &str {
         Some((i, _)) => &text[..i],
         None => text,
     }
-}
-
-fn frame(value: serde_json::Value) -> Message {
-    Message::Text(Utf8Bytes::from(value.to_string()))
-}
-
-pub fn subscribed(channel: &str) -> Message {
-    frame(json!({"type": "subscribed", "channel": channel}))
-}
-
-pub fn unsubscribed(channel: &str) -> Message {
-    frame(json!({"type": "unsubscribed", "channel": channel}))
-}
-
-/// The client must reload its data for `channel`: events it asked for are no longer available.
-pub fn resync(channel: &str) -> Message {
-    frame(json!({"type": "resync", "channel": channel}))
-}
-
-pub fn authenticated() -> Message {
-    frame(json!({"type": "authenticated"}))
-}
-
-pub fn pong() -> Message {
-    frame(json!({"type": "pong"}))
-}
-
-/// An error reply; `channel` is set when the error is about one.
-pub fn error(code: ErrorCode, message: &str, channel: Option<&str>) -> Message {
-    let mut value = json!({"type": "error", "code": code.as_str(), "message": message});
-    if let Some(channel) = channel {
-        value["channel"] = channel.into();
-    }
-    frame(value)
 }
 
 #[cfg(test)]

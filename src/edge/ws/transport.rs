@@ -42,10 +42,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::access::Access;
 use crate::auth::jwt::{now_secs, Principal, Verifier};
-use crate::edge::ws::protocol::{self, ClientMessage, ErrorCode};
-use crate::fanout::hub::{ConnId, ConnectionPermit, Hub, LogPosition, Subscriber};
+use crate::edge::ws::protocol::{self, ClientMessage};
+use crate::fanout::frames::{self, ErrorCode, Outbound};
+use crate::fanout::hub::{ConnId, ConnectionPermit, Hub, Subscriber};
 use crate::fanout::stats::Stats;
-use crate::log::event::Outbound;
+use crate::log::cursor::LogPosition;
 use crate::log::store::{Page, Store, StoreError};
 
 /// Clients only send small control messages: anything larger is refused by tungstenite.
@@ -91,7 +92,7 @@ pub struct WsContext {
     pub message_quota: governor::Quota,
     /// Events a connection may have replayed: per minute, and at once.
     pub replay_quota: governor::Quota,
-    pub security: Arc<crate::edge::http::metrics::SecurityCounters>,
+    pub security: Arc<crate::edge::http::metrics::EdgeCounters>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -275,7 +276,7 @@ where
                         flow
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        let reply = protocol::error(
+                        let reply = frames::error(
                             ErrorCode::BadRequest, "binary frames are not accepted: send JSON text", None);
                         conn.write(std::iter::once(reply)).await.into()
                     }
@@ -392,12 +393,12 @@ where
             Ok(message) => message,
             Err(reason) => {
                 return self
-                    .reply(protocol::error(ErrorCode::BadRequest, &reason, None))
+                    .reply(frames::error(ErrorCode::BadRequest, &reason, None))
                     .await
             }
         };
         match message {
-            ClientMessage::Ping => self.reply(protocol::pong()).await,
+            ClientMessage::Ping => self.reply(frames::pong()).await,
             ClientMessage::Auth { token } => self.reauthenticate(&token).await,
             ClientMessage::Subscribe {
                 channel,
@@ -411,7 +412,7 @@ where
                 match self.ctx.access.allows(&self.principal, &negocio).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        let reply = protocol::error(
+                        let reply = frames::error(
                             ErrorCode::Forbidden,
                             "this token does not grant that negocio",
                             Some(&channel),
@@ -419,7 +420,7 @@ where
                         return self.reply(reply).await;
                     }
                     Err(unavailable) => {
-                        let reply = protocol::error(
+                        let reply = frames::error(
                             ErrorCode::Unavailable,
                             &unavailable.to_string(),
                             Some(&channel),
@@ -428,7 +429,7 @@ where
                     }
                 }
                 if since.is_some_and(|s| s < 0) {
-                    let reply = protocol::error(
+                    let reply = frames::error(
                         ErrorCode::BadRequest,
                         "since must be a seq (0 or more)",
                         Some(&channel),
@@ -437,10 +438,10 @@ where
                 }
                 if self.subscriptions.contains(&negocio) {
                     // Already subscribed: events are flowing; nothing to replay or change.
-                    return self.reply(protocol::subscribed(&channel)).await;
+                    return self.reply(frames::subscribed(&channel)).await;
                 }
                 if self.subscriptions.len() >= self.ctx.max_subscriptions {
-                    let reply = protocol::error(
+                    let reply = frames::error(
                         ErrorCode::TooManySubscriptions,
                         &format!(
                             "at most {} channels per connection",
@@ -452,7 +453,7 @@ where
                 }
                 let engine = self.ctx.stats.clone().filter(|_| stats != Some(false));
                 let position = self.subscriptions.add(&negocio, &self.me, engine.is_some());
-                if let Flow::Close(frame) = self.reply(protocol::subscribed(&channel)).await {
+                if let Flow::Close(frame) = self.reply(frames::subscribed(&channel)).await {
                     return Flow::Close(frame);
                 }
                 if let Some(since) = since {
@@ -476,7 +477,7 @@ where
                 if self.subscriptions.remove(&negocio) {
                     self.replayed.remove(&negocio);
                 }
-                self.reply(protocol::unsubscribed(&channel)).await
+                self.reply(frames::unsubscribed(&channel)).await
             }
         }
     }
@@ -487,14 +488,14 @@ where
         let principal = match self.ctx.verifier.verify(token).await {
             Ok(principal) => principal,
             Err(error) => {
-                let reply = protocol::error(ErrorCode::Unauthorized, &error.to_string(), None);
+                let reply = frames::error(ErrorCode::Unauthorized, &error.to_string(), None);
                 return self.reply(reply).await;
             }
         };
         // A connection is one identity: the per-subject connection count is kept under the
         // subject it opened with, so a token for someone else may not take it over.
         if principal.subject != self.principal.subject {
-            let reply = protocol::error(
+            let reply = frames::error(
                 ErrorCode::Unauthorized,
                 "the new token is for another subject (sub): open a new connection for it",
                 None,
@@ -510,14 +511,14 @@ where
                 lost.push(negocio.clone());
             }
         }
-        let mut replies = vec![protocol::authenticated()];
+        let mut replies = vec![frames::authenticated()];
         for negocio in lost {
             self.subscriptions.remove(&negocio);
             self.replayed.remove(&negocio);
-            replies.push(protocol::error(
+            replies.push(frames::error(
                 ErrorCode::Forbidden,
                 "the new token does not grant this negocio: subscription ended",
-                Some(&format!("{}{negocio}", crate::log::event::CHANNEL_PREFIX)),
+                Some(&frames::channel(&negocio)),
             ));
         }
         self.write(replies.into_iter()).await.into()
@@ -554,17 +555,17 @@ where
             let read = read_page(&self.ctx.store, negocio, after, first_page, limit).await;
             let page = match read {
                 Ok(Some(page)) => page,
-                Ok(None) => return self.reply(protocol::resync(channel)).await,
+                Ok(None) => return self.reply(frames::resync(channel)).await,
                 Err(error) => {
                     tracing::warn!(conn = self.me.id, negocio, %error, "cannot replay; telling the client to resync");
-                    return self.reply(protocol::resync(channel)).await;
+                    return self.reply(frames::resync(channel)).await;
                 }
             };
             first_page = false;
             let full = page.rows as i64 == limit;
             if !self.charge_replay(page.rows) {
                 tracing::debug!(conn = self.me.id, negocio, "replay budget spent: resync");
-                return self.reply(protocol::resync(channel)).await;
+                return self.reply(frames::resync(channel)).await;
             }
             after = page.last_seq.unwrap_or(after);
             let mut frames = Vec::with_capacity(page.events.len());
@@ -575,7 +576,7 @@ where
                         .or_default()
                         .insert(event.seq);
                 }
-                frames.push(event.frame_for(negocio));
+                frames.push(frames::event_for(event, negocio));
             }
             self.ctx.hub.replayed(frames.len());
             if let Flow::Close(frame) = Flow::from(self.write(frames.into_iter()).await) {
@@ -660,7 +661,7 @@ fn expiry_instant(principal: &Principal) -> tokio::time::Instant {
 fn negocio_or_error(channel: &str) -> Result<String, Message> {
     protocol::negocio_of(channel)
         .map(str::to_string)
-        .map_err(|reason| protocol::error(ErrorCode::BadChannel, &reason, Some(channel)))
+        .map_err(|reason| frames::error(ErrorCode::BadChannel, &reason, Some(channel)))
 }
 
 /// A failed read: a protocol error gets the close code RFC 6455 gives it (1007 for text that

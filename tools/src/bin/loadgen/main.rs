@@ -638,7 +638,7 @@ async fn client(
     };
     let _ = stream.set_nodelay(true);
     let token = citas_realtime::auth::jwt::mint_token(
-        &citas_realtime::config::Secret::new(SECRET),
+        &citas_realtime::auth::SecretString::from(SECRET),
         json!({"negocio_id": negocio}),
         Duration::from_secs(3600),
     )
