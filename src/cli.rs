@@ -273,4 +273,9 @@ pub struct DemoArgs {
     /// Sign the demo's tokens with this secret [default: a random one].
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// Clock skew tolerated on exp and nbf, as for serve (`0` closes a socket at its token's
+    /// exact exp) [default: 30s].
+    #[arg(long, env = "JWT_LEEWAY")]
+    pub jwt_leeway: Option<String>,
 }

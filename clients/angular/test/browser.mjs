@@ -21,17 +21,19 @@ export async function launchChromium() {
 }
 
 /**
- * Runs in the page before the app: counts the WebSockets the page opens and keeps what it sends
- * on them (window.__sockets), so a test can tell one shared socket from several.
+ * Runs in the page before the app: counts the WebSockets the page opens, keeps what it sends on
+ * them and how they closed (window.__sockets), so a test can tell one shared socket from several
+ * and see a close the page's badge has already moved past.
  */
 export function recordSockets() {
   const Native = window.WebSocket;
-  const record = { made: 0, sent: [] };
+  const record = { made: 0, sent: [], closes: [] };
   window.__sockets = record;
   window.WebSocket = class extends Native {
     constructor(url, protocols) {
       super(url, protocols);
       record.made += 1;
+      this.addEventListener('close', (e) => record.closes.push({ code: e.code, reason: e.reason }));
     }
     send(data) {
       record.sent.push(JSON.parse(data));
@@ -40,7 +42,7 @@ export function recordSockets() {
   };
 }
 
-/** What recordSockets() saw: { made, sent }. */
+/** What recordSockets() saw: { made, sent, closes }. */
 export function socketsOf(page) {
   return page.evaluate(() => window.__sockets);
 }
