@@ -115,7 +115,11 @@ pub enum SqlFile {
     ExampleSchema,
 }
 
-#[derive(Debug, Clone, Default, Args)]
+/// The settings of `serve` (and `check`). clap owns every default: the help shows it, and
+/// [`ServeArgs::default`] is exactly what an empty command line gives. Values are kept as text
+/// and validated in one place, [`crate::config::Config::from_args`], so that a bad one yields
+/// one line naming the variable.
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// PostgreSQL URL (libpq form). sslmode: disable | prefer | require | verify-ca | verify-full.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -127,137 +131,154 @@ pub struct ServeArgs {
     pub jwt_secret: Option<String>,
 
     /// JWKS with the public keys (RS256, ES256, ...) that sign client tokens: an https:// URL
-    /// (Supabase: https://<ref>.supabase.co/auth/v1/.well-known/jwks.json) or a file path
-    /// [default: none, HS256 only].
+    /// (Supabase: https://<ref>.supabase.co/auth/v1/.well-known/jwks.json) or a file path.
+    /// Unset: HS256 only.
     #[arg(long, env = "JWT_JWKS_URL")]
     pub jwt_jwks_url: Option<String>,
 
-    /// Shortest time between two JWKS fetches caused by tokens with an unknown kid [default:
-    /// 30s].
-    #[arg(long, env = "JWT_JWKS_COOLDOWN")]
-    pub jwt_jwks_cooldown: Option<String>,
+    /// Shortest time between two JWKS fetches caused by tokens with an unknown kid.
+    #[arg(long, env = "JWT_JWKS_COOLDOWN", default_value = "30s")]
+    pub jwt_jwks_cooldown: String,
 
     /// SQL function that decides subscriptions the token's claims do not grant, called as
-    /// fn(claims jsonb, negocio_id text) returns boolean, e.g. citas_realtime.can_subscribe
-    /// [default: none, claims only].
+    /// fn(claims jsonb, negocio_id text) returns boolean, e.g. citas_realtime.can_subscribe.
+    /// Unset: claims only.
     #[arg(long, env = "CAN_SUBSCRIBE_FUNCTION")]
     pub can_subscribe_function: Option<String>,
 
-    /// How long an answer of CAN_SUBSCRIBE_FUNCTION is reused [default: 10s].
-    #[arg(long, env = "CAN_SUBSCRIBE_CACHE")]
-    pub can_subscribe_cache: Option<String>,
+    /// How long an answer of CAN_SUBSCRIBE_FUNCTION is reused.
+    #[arg(long, env = "CAN_SUBSCRIBE_CACHE", default_value = "10s")]
+    pub can_subscribe_cache: String,
 
-    /// Require this `aud` claim (Supabase user tokens: `authenticated`) [default: not checked].
+    /// Require this `aud` claim (Supabase user tokens: `authenticated`). Unset: not checked.
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// Require this `iss` claim (Supabase: `https://<ref>.supabase.co/auth/v1`) [default: not
-    /// checked].
+    /// Require this `iss` claim (Supabase: `https://<ref>.supabase.co/auth/v1`). Unset: not
+    /// checked.
     #[arg(long, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
-    /// Clock skew tolerated on exp and nbf, e.g. 30s [default: 30s].
-    #[arg(long, env = "JWT_LEEWAY")]
-    pub jwt_leeway: Option<String>,
+    /// Clock skew tolerated on exp and nbf (`0`: none).
+    #[arg(long, env = "JWT_LEEWAY", default_value = "30s")]
+    pub jwt_leeway: String,
 
-    /// Address the HTTP/WebSocket server listens on [default: 0.0.0.0:8080].
-    #[arg(long, env = "BIND_ADDR")]
-    pub bind_addr: Option<String>,
+    /// Largest token accepted, in bytes; 401 beyond.
+    #[arg(long, env = "MAX_TOKEN_BYTES", default_value = "16384")]
+    pub max_token_bytes: String,
 
-    /// Messages queued per client before it counts as too slow and is disconnected [default: 4096].
-    #[arg(long, env = "CLIENT_QUEUE_CAPACITY")]
-    pub client_queue_capacity: Option<String>,
+    /// Most negocios one token's claims may grant; 401 beyond.
+    #[arg(long, env = "MAX_TOKEN_NEGOCIOS", default_value = "1000")]
+    pub max_token_negocios: String,
+
+    /// Address the HTTP/WebSocket server listens on.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8080")]
+    pub bind_addr: String,
+
+    /// Frames queued per client before it counts as too slow and is disconnected (1013).
+    #[arg(long, env = "CLIENT_QUEUE_CAPACITY", default_value = "4096")]
+    pub client_queue_capacity: String,
 
     /// How long events stay in the log for resuming clients, e.g. 24h, 90m; `off` leaves pruning
-    /// to the DBA (citas_realtime.prune) [default: 24h].
-    #[arg(long, env = "EVENT_RETENTION")]
-    pub event_retention: Option<String>,
+    /// to the DBA (citas_realtime.prune).
+    #[arg(long, env = "EVENT_RETENTION", default_value = "24h")]
+    pub event_retention: String,
 
-    /// Interval of WebSocket pings; a client silent for two intervals is dropped [default: 30s].
-    #[arg(long, env = "WS_PING_INTERVAL")]
-    pub ws_ping_interval: Option<String>,
+    /// Interval of WebSocket pings; a client silent for two intervals is dropped.
+    #[arg(long, env = "WS_PING_INTERVAL", default_value = "30s")]
+    pub ws_ping_interval: String,
 
-    /// Database connections for replays, statistics and pruning (the listener has its own)
-    /// [default: 4].
-    #[arg(long, env = "DB_POOL_SIZE")]
-    pub db_pool_size: Option<String>,
+    /// Database connections for replays, statistics and pruning (the listener has its own).
+    #[arg(long, env = "DB_POOL_SIZE", default_value = "4")]
+    pub db_pool_size: String,
 
-    /// Live statistics pushed to subscribers: `on` or `off` [default: on].
-    #[arg(long, env = "STATS")]
-    pub stats: Option<String>,
+    /// Live statistics pushed to subscribers: `on` or `off`.
+    #[arg(long, env = "STATS", default_value = "on")]
+    pub stats: String,
 
-    /// Statistics coalescing window: one query per negocio per window [default: 150ms].
-    #[arg(long, env = "STATS_INTERVAL")]
-    pub stats_interval: Option<String>,
+    /// Statistics coalescing window: one query per negocio per window.
+    #[arg(long, env = "STATS_INTERVAL", default_value = "150ms")]
+    pub stats_interval: String,
 
-    /// Longest a statistics query may run [default: 2s].
-    #[arg(long, env = "STATS_TIMEOUT")]
-    pub stats_timeout: Option<String>,
+    /// Longest a statistics query may run.
+    #[arg(long, env = "STATS_TIMEOUT", default_value = "2s")]
+    pub stats_timeout: String,
 
-    /// Statistics queries at a time [default: 2].
-    #[arg(long, env = "STATS_CONCURRENCY")]
-    pub stats_concurrency: Option<String>,
+    /// Statistics queries at a time.
+    #[arg(long, env = "STATS_CONCURRENCY", default_value = "2")]
+    pub stats_concurrency: String,
 
     /// Browser origins allowed to open a WebSocket, comma-separated (e.g.
-    /// https://app.example.com); empty allows any. Clients that send no Origin are not affected.
+    /// https://app.example.com). Unset or empty: any. Clients that send no Origin are not
+    /// affected.
     #[arg(long, env = "ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
 
-    /// Channels one connection may subscribe to [default: 100].
-    #[arg(long, env = "MAX_SUBSCRIPTIONS")]
-    pub max_subscriptions: Option<String>,
+    /// Channels one connection may subscribe to.
+    #[arg(long, env = "MAX_SUBSCRIPTIONS", default_value = "100")]
+    pub max_subscriptions: String,
 
-    /// Open WebSocket connections in total [default: 50000].
-    #[arg(long, env = "MAX_CONNECTIONS")]
-    pub max_connections: Option<String>,
+    /// Open WebSocket connections in total.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "50000")]
+    pub max_connections: String,
 
-    /// Open WebSocket connections per token subject (`sub`) [default: 200].
-    #[arg(long, env = "MAX_CONNECTIONS_PER_SUBJECT")]
-    pub max_connections_per_subject: Option<String>,
+    /// Open WebSocket connections per token subject (`sub`; tokens without one share a count).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_SUBJECT", default_value = "200")]
+    pub max_connections_per_subject: String,
 
-    /// Messages per second one client may send, sustained; beyond it (and its burst) the
-    /// socket is closed with 1008 [default: 20].
-    #[arg(long, env = "CLIENT_MESSAGE_RATE")]
-    pub client_message_rate: Option<String>,
+    /// Frames per second one client may send (pings included), sustained; beyond it (and its
+    /// burst) the socket is closed with 1008.
+    #[arg(long, env = "CLIENT_MESSAGE_RATE", default_value = "20")]
+    pub client_message_rate: String,
 
-    /// The live dashboard page at GET /: `on` or `off` [default: on].
-    #[arg(long, env = "DASHBOARD")]
-    pub dashboard: Option<String>,
-
-    /// Messages a client may send at once above the sustained rate [default: 200].
-    #[arg(long, env = "CLIENT_MESSAGE_BURST")]
-    pub client_message_burst: Option<String>,
+    /// Frames a client may send at once above the sustained rate.
+    #[arg(long, env = "CLIENT_MESSAGE_BURST", default_value = "200")]
+    pub client_message_burst: String,
 
     /// Events a connection may have replayed (subscribe with since) per minute; beyond it the
-    /// subscription gets resync instead [default: 10 x CLIENT_QUEUE_CAPACITY].
+    /// subscription gets resync instead. Unset: 10 x CLIENT_QUEUE_CAPACITY.
     #[arg(long, env = "CLIENT_REPLAY_BUDGET")]
     pub client_replay_budget: Option<String>,
 
     /// Longest a client may take to send a request's headers; also how long an idle keep-alive
-    /// HTTP connection is kept [default: 10s].
-    #[arg(long, env = "HTTP_HEADER_TIMEOUT")]
-    pub http_header_timeout: Option<String>,
+    /// HTTP connection is kept.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s")]
+    pub http_header_timeout: String,
 
-    /// Longest a client may take to send a request's body (POST /notify/cita) [default: 10s].
-    #[arg(long, env = "HTTP_BODY_TIMEOUT")]
-    pub http_body_timeout: Option<String>,
+    /// Longest a client may take to send a request's body (POST /notify/cita).
+    #[arg(long, env = "HTTP_BODY_TIMEOUT", default_value = "10s")]
+    pub http_body_timeout: String,
 
-    /// Largest request line plus headers, in bytes; 431 beyond [default: 32768].
-    #[arg(long, env = "HTTP_MAX_HEADER_BYTES")]
-    pub http_max_header_bytes: Option<String>,
+    /// Largest request line plus headers, in bytes; 431 beyond.
+    #[arg(long, env = "HTTP_MAX_HEADER_BYTES", default_value = "32768")]
+    pub http_max_header_bytes: String,
 
     /// Connections accepted and not yet upgraded to a WebSocket; a new one beyond this closes
-    /// the oldest [default: 1000].
-    #[arg(long, env = "MAX_PENDING_CONNECTIONS")]
-    pub max_pending_connections: Option<String>,
+    /// the oldest.
+    #[arg(long, env = "MAX_PENDING_CONNECTIONS", default_value = "1000")]
+    pub max_pending_connections: String,
 
-    /// Largest token accepted, in bytes; 401 beyond [default: 16384].
-    #[arg(long, env = "MAX_TOKEN_BYTES")]
-    pub max_token_bytes: Option<String>,
+    /// The live dashboard page at GET /: `on` or `off`.
+    #[arg(long, env = "DASHBOARD", default_value = "on")]
+    pub dashboard: String,
+}
 
-    /// Most negocios one token's claims may grant; 401 beyond [default: 1000].
-    #[arg(long, env = "MAX_TOKEN_NEGOCIOS")]
-    pub max_token_negocios: Option<String>,
+impl Default for ServeArgs {
+    /// Every setting at clap's default, whatever the environment holds: what the demo, the
+    /// tests and the benchmarks start from.
+    fn default() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command()
+            .find_subcommand("serve")
+            .cloned()
+            .unwrap_or_else(|| unreachable!("serve is a command"))
+            .no_binary_name(true)
+            .mut_args(|arg| arg.env(None::<&str>));
+        command
+            .try_get_matches_from(Vec::<String>::new())
+            .and_then(|matches| ServeArgs::from_arg_matches(&matches))
+            .unwrap_or_else(|error| unreachable!("the built-in defaults parse: {error}"))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -275,7 +296,7 @@ pub struct DemoArgs {
     pub jwt_secret: Option<String>,
 
     /// Clock skew tolerated on exp and nbf, as for serve (`0` closes a socket at its token's
-    /// exact exp) [default: 30s].
-    #[arg(long, env = "JWT_LEEWAY")]
-    pub jwt_leeway: Option<String>,
+    /// exact exp).
+    #[arg(long, env = "JWT_LEEWAY", default_value = "30s")]
+    pub jwt_leeway: String,
 }

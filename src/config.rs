@@ -1,32 +1,23 @@
 //! The configuration, read and validated in one place and passed down: nothing deeper in the
-//! crate reads the environment.
+//! crate reads the environment. Defaults are clap's ([`crate::cli::ServeArgs`]); here each value
+//! is checked, and a bad one is one [`ConfigError`] naming the variable to fix. Each setting's
+//! type lives with the component that uses it.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::access::{FunctionName, HookSettings};
-use crate::auth::jwks::JwksSource;
+use crate::auth::jwks::{JwksSettings, JwksSource};
 use crate::auth::jwt::TokenChecks;
 use crate::auth::SecretString;
 use crate::cli::ServeArgs;
 use crate::edge::http::serve::HttpSettings;
+use crate::edge::ws::Limits;
 use crate::fanout::stats::StatsSettings;
 use crate::log::db::DbConfig;
-
-/// Default address, as the server this one replaces used.
-pub const DEFAULT_BIND_ADDR: &str = "0.0.0.0:8080";
-/// Default per-client queue: enough for a burst of a few thousand events to one negocio while the
-/// client drains its socket; each slot holds a shared, reference-counted frame, so a full queue
-/// costs tens of KiB, not copies of every message.
-pub const DEFAULT_CLIENT_QUEUE_CAPACITY: usize = 4096;
-/// Default age at which events are pruned: a dashboard away for up to a day resumes exactly.
-pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(24 * 3600);
-/// Default ping interval: well under the idle timeouts of common proxies (60 s).
-pub const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(30);
-/// Default pool size: replays are short reads; four keep a reconnect storm moving without
-/// taking many of the database's connections.
-pub const DEFAULT_DB_POOL_SIZE: usize = 4;
 
 /// A configuration problem, named by the variable an operator has to fix.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +26,15 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("{var} is invalid: {reason}")]
     Invalid { var: &'static str, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(var: &'static str, reason: impl std::fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            var,
+            reason: reason.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -47,77 +47,23 @@ pub struct Config {
     pub access_hook: Option<HookSettings>,
     pub token_checks: TokenChecks,
     pub bind_addr: SocketAddr,
-    pub client_queue_capacity: usize,
     /// `None`: the server does not prune (a DBA schedules `citas_realtime.prune`).
     pub event_retention: Option<Duration>,
-    pub ws_ping_interval: Duration,
     pub db_pool_size: usize,
     /// `None`: statistics are off (`STATS=off`).
     pub stats: Option<StatsSettings>,
-    pub limits: Limits,
-    /// Serve the dashboard page at `GET /`.
-    pub dashboard: bool,
+    /// What clients may hold once upgraded.
+    pub limits: Arc<Limits>,
     /// What a connection may hold before it is upgraded.
     pub http: HttpSettings,
-}
-
-/// Where the JWKS comes from and how often an unknown `kid` may refetch it.
-#[derive(Debug, Clone)]
-pub struct JwksSettings {
-    pub source: JwksSource,
-    pub cooldown: Duration,
-}
-
-/// What one client, one subject and the whole server may hold.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Empty: any origin.
-    pub allowed_origins: Vec<String>,
-    pub max_subscriptions: usize,
-    pub max_connections: usize,
-    pub max_connections_per_subject: usize,
-    /// Messages per second a client may send, sustained.
-    pub client_message_rate: u32,
-    /// Messages a client may send at once.
-    pub client_message_burst: u32,
-    /// Events a connection may have replayed per minute.
-    pub replay_budget: u32,
-}
-
-impl Limits {
-    /// The per-connection replay budget: `replay_budget` events per minute, all of them at once.
-    pub fn replay_quota(&self) -> governor::Quota {
-        let budget = NonZeroU32::new(self.replay_budget).unwrap_or(NonZeroU32::MIN);
-        governor::Quota::per_minute(budget).allow_burst(budget)
-    }
-
-    /// The per-connection message quota.
-    pub fn message_quota(&self) -> governor::Quota {
-        let rate = NonZeroU32::new(self.client_message_rate).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(self.client_message_burst).unwrap_or(NonZeroU32::MIN);
-        governor::Quota::per_second(rate).allow_burst(burst)
-    }
+    /// Serve the dashboard page at `GET /`.
+    pub dashboard: bool,
 }
 
 impl Config {
     /// Validates what the command line and the environment gave.
     pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let database = database_from(&args.database_url)?;
-        let jwks = match non_empty(&args.jwt_jwks_url) {
-            None => None,
-            Some(text) => Some(JwksSettings {
-                source: JwksSource::parse(text).map_err(|reason| ConfigError::Invalid {
-                    var: "JWT_JWKS_URL",
-                    reason,
-                })?,
-                cooldown: duration(
-                    &args.jwt_jwks_cooldown,
-                    "JWT_JWKS_COOLDOWN",
-                    Duration::from_secs(1),
-                    crate::auth::jwks::DEFAULT_COOLDOWN,
-                )?,
-            }),
-        };
+        let jwks = jwks(args)?;
         // One of the two is needed; both may be set (Supabase projects moving to asymmetric
         // keys accept both kinds for a while).
         let jwt_secret = match (non_empty(&args.jwt_secret), &jwks) {
@@ -125,260 +71,204 @@ impl Config {
             (None, Some(_)) => None,
             (None, None) => return Err(ConfigError::Missing("JWT_SECRET")),
         };
-        let access_hook = match non_empty(&args.can_subscribe_function) {
-            None => None,
-            Some(text) => Some(HookSettings {
-                function: FunctionName::parse(text).map_err(|reason| ConfigError::Invalid {
-                    var: "CAN_SUBSCRIBE_FUNCTION",
-                    reason,
-                })?,
-                cache_ttl: duration(
-                    &args.can_subscribe_cache,
-                    "CAN_SUBSCRIBE_CACHE",
-                    Duration::ZERO,
-                    crate::auth::access::DEFAULT_CACHE_TTL,
-                )?,
-            }),
-        };
-        let bind = non_empty(&args.bind_addr).unwrap_or(DEFAULT_BIND_ADDR);
-        let bind_addr = bind.parse().map_err(|_| ConfigError::Invalid {
-            var: "BIND_ADDR",
-            reason: format!("'{bind}' is not an address like 0.0.0.0:8080"),
+        let access_hook = access_hook(args)?;
+        let bind_addr = args.bind_addr.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                "BIND_ADDR",
+                format!("'{}' is not an address like 0.0.0.0:8080", args.bind_addr),
+            )
         })?;
-        let client_queue_capacity = number(
-            &args.client_queue_capacity,
-            "CLIENT_QUEUE_CAPACITY",
-            16..=1_000_000,
-            DEFAULT_CLIENT_QUEUE_CAPACITY,
-        )?;
-        let event_retention = match non_empty(&args.event_retention) {
-            None => Some(DEFAULT_EVENT_RETENTION),
-            Some("off") => None,
-            Some(_) => Some(duration(
-                &args.event_retention,
-                "EVENT_RETENTION",
-                Duration::from_secs(1),
-                DEFAULT_EVENT_RETENTION,
-            )?),
-        };
-        let ws_ping_interval = duration(
-            &args.ws_ping_interval,
-            "WS_PING_INTERVAL",
-            Duration::from_millis(100),
-            DEFAULT_WS_PING_INTERVAL,
-        )?;
-        let db_pool_size = number(
-            &args.db_pool_size,
-            "DB_POOL_SIZE",
-            1..=100,
-            DEFAULT_DB_POOL_SIZE,
-        )?;
-        let stats = match switch(&args.stats, "STATS", true)? {
-            true => Some(StatsSettings {
-                interval: duration(
-                    &args.stats_interval,
-                    "STATS_INTERVAL",
-                    Duration::from_millis(10),
-                    Duration::from_millis(150),
-                )?,
-                timeout: duration(
-                    &args.stats_timeout,
-                    "STATS_TIMEOUT",
-                    Duration::from_millis(10),
-                    Duration::from_secs(2),
-                )?,
-                concurrency: number(&args.stats_concurrency, "STATS_CONCURRENCY", 1..=64, 2)?,
-            }),
-            false => None,
-        };
-        let limits = Limits {
-            replay_budget: number(
-                &args.client_replay_budget,
-                "CLIENT_REPLAY_BUDGET",
-                1..=100_000_000,
-                client_queue_capacity * 10,
-            )? as u32,
-            allowed_origins: non_empty(&args.allowed_origins)
-                .map(|list| {
-                    list.split(',')
-                        .map(|o| o.trim().trim_end_matches('/').to_string())
-                        .filter(|o| !o.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
-            max_subscriptions: number(
-                &args.max_subscriptions,
-                "MAX_SUBSCRIPTIONS",
-                1..=100_000,
-                100,
-            )?,
-            max_connections: number(
-                &args.max_connections,
-                "MAX_CONNECTIONS",
-                1..=10_000_000,
-                50_000,
-            )?,
-            max_connections_per_subject: number(
-                &args.max_connections_per_subject,
-                "MAX_CONNECTIONS_PER_SUBJECT",
-                1..=10_000_000,
-                200,
-            )?,
-            client_message_rate: number(
-                &args.client_message_rate,
-                "CLIENT_MESSAGE_RATE",
-                1..=100_000,
-                20,
-            )? as u32,
-            client_message_burst: number(
-                &args.client_message_burst,
-                "CLIENT_MESSAGE_BURST",
-                1..=100_000,
-                200,
-            )? as u32,
-        };
-        let token_checks = TokenChecks {
-            audience: non_empty(&args.jwt_audience).map(str::to_string),
-            issuer: non_empty(&args.jwt_issuer).map(str::to_string),
-            keep_claims: access_hook.is_some(),
-            max_token_bytes: number(
-                &args.max_token_bytes,
-                "MAX_TOKEN_BYTES",
-                256..=1_048_576,
-                crate::auth::jwt::DEFAULT_MAX_TOKEN_BYTES,
-            )?,
-            max_negocios: number(
-                &args.max_token_negocios,
-                "MAX_TOKEN_NEGOCIOS",
-                1..=1_000_000,
-                crate::auth::jwt::DEFAULT_MAX_NEGOCIOS,
-            )?,
-            leeway_secs: match non_empty(&args.jwt_leeway) {
-                None => crate::auth::jwt::LEEWAY_SECS,
-                Some("0") | Some("0s") => 0,
-                Some(_) => duration(
-                    &args.jwt_leeway,
-                    "JWT_LEEWAY",
-                    Duration::from_secs(1),
-                    Duration::ZERO,
-                )?
-                .as_secs(),
-            },
-        };
-        let dashboard = switch(&args.dashboard, "DASHBOARD", true)?;
-        let http = HttpSettings {
-            header_timeout: duration(
-                &args.http_header_timeout,
-                "HTTP_HEADER_TIMEOUT",
-                Duration::from_millis(100),
-                Duration::from_secs(10),
-            )?,
-            body_timeout: duration(
-                &args.http_body_timeout,
-                "HTTP_BODY_TIMEOUT",
-                Duration::from_millis(100),
-                Duration::from_secs(10),
-            )?,
-            max_header_bytes: number(
-                &args.http_max_header_bytes,
-                "HTTP_MAX_HEADER_BYTES",
-                4096..=1_048_576,
-                32 * 1024,
-            )?,
-            max_pending: number(
-                &args.max_pending_connections,
-                "MAX_PENDING_CONNECTIONS",
-                1..=10_000_000,
-                1000,
-            )?,
+        let event_retention = match args.event_retention.trim() {
+            "off" => None,
+            _ => Some(duration(&args.event_retention, "EVENT_RETENTION", 1_000)?),
         };
         Ok(Config {
-            http,
-            dashboard,
-            database,
+            database: database_from(&args.database_url)?,
+            token_checks: token_checks(args, access_hook.is_some())?,
             jwt_secret,
             jwks,
             access_hook,
-            token_checks,
             bind_addr,
-            client_queue_capacity,
             event_retention,
-            ws_ping_interval,
-            db_pool_size,
-            stats,
-            limits,
+            db_pool_size: number(&args.db_pool_size, "DB_POOL_SIZE", 1..=100)?,
+            stats: stats(args)?,
+            limits: Arc::new(limits(args)?),
+            http: http(args)?,
+            dashboard: switch(&args.dashboard, "DASHBOARD")?,
         })
     }
 }
 
-fn number(
-    value: &Option<String>,
-    var: &'static str,
-    range: std::ops::RangeInclusive<usize>,
-    default: usize,
-) -> Result<usize, ConfigError> {
-    let Some(text) = non_empty(value) else {
-        return Ok(default);
+fn jwks(args: &ServeArgs) -> Result<Option<JwksSettings>, ConfigError> {
+    let Some(text) = non_empty(&args.jwt_jwks_url) else {
+        return Ok(None);
     };
-    match text.parse::<usize>() {
+    Ok(Some(JwksSettings {
+        source: JwksSource::parse(text).map_err(|e| ConfigError::invalid("JWT_JWKS_URL", e))?,
+        cooldown: duration(&args.jwt_jwks_cooldown, "JWT_JWKS_COOLDOWN", 1_000)?,
+    }))
+}
+
+fn access_hook(args: &ServeArgs) -> Result<Option<HookSettings>, ConfigError> {
+    let Some(text) = non_empty(&args.can_subscribe_function) else {
+        return Ok(None);
+    };
+    Ok(Some(HookSettings {
+        function: FunctionName::parse(text)
+            .map_err(|e| ConfigError::invalid("CAN_SUBSCRIBE_FUNCTION", e))?,
+        cache_ttl: duration(&args.can_subscribe_cache, "CAN_SUBSCRIBE_CACHE", 0)?,
+    }))
+}
+
+fn token_checks(args: &ServeArgs, keep_claims: bool) -> Result<TokenChecks, ConfigError> {
+    let leeway = match args.jwt_leeway.trim() {
+        "0" => Duration::ZERO,
+        _ => duration(&args.jwt_leeway, "JWT_LEEWAY", 1_000)?,
+    };
+    Ok(TokenChecks {
+        audience: non_empty(&args.jwt_audience).map(str::to_string),
+        issuer: non_empty(&args.jwt_issuer).map(str::to_string),
+        leeway_secs: leeway.as_secs(),
+        max_token_bytes: number(&args.max_token_bytes, "MAX_TOKEN_BYTES", 256..=1_048_576)?,
+        max_negocios: number(
+            &args.max_token_negocios,
+            "MAX_TOKEN_NEGOCIOS",
+            1..=1_000_000,
+        )?,
+        keep_claims,
+    })
+}
+
+fn stats(args: &ServeArgs) -> Result<Option<StatsSettings>, ConfigError> {
+    if !switch(&args.stats, "STATS")? {
+        return Ok(None);
+    }
+    Ok(Some(StatsSettings {
+        interval: duration(&args.stats_interval, "STATS_INTERVAL", 10)?,
+        timeout: duration(&args.stats_timeout, "STATS_TIMEOUT", 10)?,
+        concurrency: number(&args.stats_concurrency, "STATS_CONCURRENCY", 1..=64)?,
+    }))
+}
+
+fn limits(args: &ServeArgs) -> Result<Limits, ConfigError> {
+    let queue_capacity = number(
+        &args.client_queue_capacity,
+        "CLIENT_QUEUE_CAPACITY",
+        16..=1_000_000,
+    )?;
+    let replay_budget = match non_empty(&args.client_replay_budget) {
+        None => queue_capacity * 10,
+        Some(text) => number(text, "CLIENT_REPLAY_BUDGET", 1..=100_000_000)?,
+    };
+    let rate = number(
+        &args.client_message_rate,
+        "CLIENT_MESSAGE_RATE",
+        1..=100_000,
+    )?;
+    let burst = number(
+        &args.client_message_burst,
+        "CLIENT_MESSAGE_BURST",
+        1..=100_000,
+    )?;
+    Ok(Limits {
+        allowed_origins: non_empty(&args.allowed_origins)
+            .map(|list| {
+                list.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        max_subscriptions: number(&args.max_subscriptions, "MAX_SUBSCRIPTIONS", 1..=100_000)?,
+        max_connections: number(&args.max_connections, "MAX_CONNECTIONS", 1..=10_000_000)?,
+        max_connections_per_subject: number(
+            &args.max_connections_per_subject,
+            "MAX_CONNECTIONS_PER_SUBJECT",
+            1..=10_000_000,
+        )?,
+        queue_capacity,
+        ping_interval: duration(&args.ws_ping_interval, "WS_PING_INTERVAL", 100)?,
+        message_quota: governor::Quota::per_second(nonzero(rate)).allow_burst(nonzero(burst)),
+        replay_quota: governor::Quota::per_minute(nonzero(replay_budget))
+            .allow_burst(nonzero(replay_budget)),
+    })
+}
+
+fn http(args: &ServeArgs) -> Result<HttpSettings, ConfigError> {
+    Ok(HttpSettings {
+        header_timeout: duration(&args.http_header_timeout, "HTTP_HEADER_TIMEOUT", 100)?,
+        body_timeout: duration(&args.http_body_timeout, "HTTP_BODY_TIMEOUT", 100)?,
+        max_header_bytes: number(
+            &args.http_max_header_bytes,
+            "HTTP_MAX_HEADER_BYTES",
+            4096..=1_048_576,
+        )?,
+        max_pending: number(
+            &args.max_pending_connections,
+            "MAX_PENDING_CONNECTIONS",
+            1..=10_000_000,
+        )?,
+    })
+}
+
+/// A whole number within `range`.
+fn number(
+    text: &str,
+    var: &'static str,
+    range: RangeInclusive<usize>,
+) -> Result<usize, ConfigError> {
+    match text.trim().parse::<usize>() {
         Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(ConfigError::Invalid {
+        _ => Err(ConfigError::invalid(
             var,
-            reason: format!(
+            format!(
                 "'{text}' is not a number from {} to {}",
                 range.start(),
                 range.end()
             ),
-        }),
+        )),
     }
+}
+
+fn nonzero(n: usize) -> NonZeroU32 {
+    NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
 }
 
 /// `on` or `off`.
-fn switch(value: &Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
-    match non_empty(value) {
-        None => Ok(default),
-        Some("on") => Ok(true),
-        Some("off") => Ok(false),
-        Some(other) => Err(ConfigError::Invalid {
+fn switch(text: &str, var: &'static str) -> Result<bool, ConfigError> {
+    match text.trim() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(ConfigError::invalid(
             var,
-            reason: format!("'{other}' is not on or off"),
-        }),
+            format!("'{other}' is not on or off"),
+        )),
     }
 }
 
-/// A duration like `30s`, `90m`, `24h` (humantime), at least `min`.
-fn duration(
-    value: &Option<String>,
-    var: &'static str,
-    min: Duration,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    let Some(text) = non_empty(value) else {
-        return Ok(default);
-    };
-    match humantime::parse_duration(text) {
+/// A duration like `30s`, `90m`, `24h` (humantime), at least `min_ms` milliseconds.
+fn duration(text: &str, var: &'static str, min_ms: u64) -> Result<Duration, ConfigError> {
+    let min = Duration::from_millis(min_ms);
+    match humantime::parse_duration(text.trim()) {
         Ok(d) if d >= min => Ok(d),
-        Ok(_) => Err(ConfigError::Invalid {
+        Ok(_) => Err(ConfigError::invalid(
             var,
-            reason: format!(
+            format!(
                 "'{text}' is shorter than {}",
                 humantime::format_duration(min)
             ),
-        }),
-        Err(e) => Err(ConfigError::Invalid {
+        )),
+        Err(e) => Err(ConfigError::invalid(
             var,
-            reason: format!("'{text}' is not a duration like 30s, 15m or 24h ({e})"),
-        }),
+            format!("'{text}' is not a duration like 30s, 15m or 24h ({e})"),
+        )),
     }
 }
 
 /// `DATABASE_URL`, parsed, for commands that need only the database.
 pub fn database_from(value: &Option<String>) -> Result<DbConfig, ConfigError> {
     let url = non_empty(value).ok_or(ConfigError::Missing("DATABASE_URL"))?;
-    DbConfig::parse(url).map_err(|reason| ConfigError::Invalid {
-        var: "DATABASE_URL",
-        reason,
-    })
+    DbConfig::parse(url).map_err(|e| ConfigError::invalid("DATABASE_URL", e))
 }
 
 /// `JWT_SECRET`, for commands that sign or verify tokens.
@@ -386,16 +276,32 @@ pub fn jwt_secret_from(value: &Option<String>) -> Result<&str, ConfigError> {
     non_empty(value).ok_or(ConfigError::Missing("JWT_SECRET"))
 }
 
-/// A duration argument like `1h` (humantime), named for errors.
+/// A duration argument like `1h` (humantime), at least a second, named for errors.
 pub fn parse_duration(text: &str, var: &'static str) -> Result<Duration, ConfigError> {
-    duration(
-        &Some(text.to_string()),
-        var,
-        Duration::from_secs(1),
-        Duration::ZERO,
-    )
+    duration(text, var, 1_000)
 }
 
 fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_make_a_configuration() {
+        let args = ServeArgs {
+            database_url: Some("postgres://u@localhost/db".into()),
+            jwt_secret: Some("s".repeat(32)),
+            ..ServeArgs::default()
+        };
+        let config = Config::from_args(&args).unwrap();
+        assert_eq!(config.bind_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.limits.queue_capacity, 4096);
+        assert_eq!(config.limits.replay_quota.burst_size().get(), 40960);
+        assert_eq!(config.token_checks.leeway_secs, 30);
+        assert_eq!(config.event_retention, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(config.http.max_pending, 1000);
+    }
 }

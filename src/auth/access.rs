@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 use crate::auth::jwt::Principal;
 use crate::log::store::Store;
 
-/// Default lifetime of a cached answer.
-pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
 /// Longest the function may take before the subscribe is answered `unavailable`.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Cached answers kept at most; the cache is emptied when it grows past this (entries are

@@ -26,11 +26,17 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
+use tokio_util::task::TaskTracker;
 
 /// Keys older than this are refetched in the background.
 pub const MAX_AGE: Duration = Duration::from_secs(600);
 /// Default shortest time between two fetches caused by unknown `kid`s.
-pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
+/// Where the JWKS comes from and how often an unknown `kid` may refetch it.
+#[derive(Debug, Clone)]
+pub struct JwksSettings {
+    pub source: JwksSource,
+    pub cooldown: Duration,
+}
 /// A JWKS document is a few KiB; anything far larger is not one.
 const MAX_DOCUMENT: usize = 1024 * 1024;
 /// How long one fetch may take.
@@ -193,6 +199,8 @@ pub struct Jwks {
     state: RwLock<State>,
     /// One fetch at a time; whoever waits for it then reads the fresh keys.
     fetching: tokio::sync::Mutex<()>,
+    /// Background refreshes are the server's tasks: shutdown waits for them.
+    tasks: TaskTracker,
 }
 
 struct State {
@@ -210,7 +218,8 @@ impl std::fmt::Debug for Jwks {
 
 impl Jwks {
     /// Loads the document once; an error names what is wrong with it.
-    pub async fn load(source: JwksSource, cooldown: Duration) -> anyhow::Result<Arc<Jwks>> {
+    pub async fn load(settings: &JwksSettings, tasks: TaskTracker) -> anyhow::Result<Arc<Jwks>> {
+        let (source, cooldown) = (settings.source.clone(), settings.cooldown);
         let http = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .user_agent(concat!("citas-realtime/", env!("CARGO_PKG_VERSION")))
@@ -227,6 +236,7 @@ impl Jwks {
                 last_forced: None,
             }),
             fetching: tokio::sync::Mutex::new(()),
+            tasks,
         }))
     }
 
@@ -242,7 +252,7 @@ impl Jwks {
         };
         if stale {
             let this = self.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 if let Ok(_guard) = this.fetching.try_lock() {
                     this.refresh().await;
                 }

@@ -23,14 +23,6 @@ use serde_json::Value;
 use crate::auth::jwks::Jwks;
 use secrecy::{ExposeSecret, SecretString};
 
-/// Seconds of clock skew tolerated on `exp` (and `nbf`) unless configured.
-pub const LEEWAY_SECS: u64 = 30;
-
-/// Default largest token, in bytes (Supabase's are about 1 KiB).
-pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// Default most negocios one token may grant.
-pub const DEFAULT_MAX_NEGOCIOS: usize = 1000;
-
 /// Claim checks and bounds (`JWT_AUDIENCE`, `JWT_ISSUER`, `JWT_LEEWAY`, `MAX_TOKEN_BYTES`,
 /// `MAX_TOKEN_NEGOCIOS`).
 #[derive(Debug, Clone)]
@@ -44,19 +36,6 @@ pub struct TokenChecks {
     pub max_negocios: usize,
     /// Keep each principal's claims (for `CAN_SUBSCRIBE_FUNCTION`).
     pub keep_claims: bool,
-}
-
-impl Default for TokenChecks {
-    fn default() -> Self {
-        TokenChecks {
-            audience: None,
-            issuer: None,
-            leeway_secs: LEEWAY_SECS,
-            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
-            max_negocios: DEFAULT_MAX_NEGOCIOS,
-            keep_claims: true,
-        }
-    }
 }
 
 /// Why a token was refused. The text is what the client sees in the 401 body.
@@ -157,12 +136,6 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// HS256 only, default checks. Fails only for an empty secret, which
-    /// [`crate::config::Config`] already refuses.
-    pub fn new(secret: &SecretString) -> Result<Verifier, jsonwebtoken::errors::Error> {
-        Verifier::with_checks(Some(secret), None, &TokenChecks::default())
-    }
-
     /// With an HS256 secret and/or JWKS keys, optional `aud`/`iss` checks and a leeway.
     pub fn with_checks(
         secret: Option<&SecretString>,
@@ -393,7 +366,15 @@ mod tests {
     #[tokio::test]
     async fn verify_round_trip_and_refusals() {
         let secret = SecretString::from("a-test-secret-that-is-long-enough");
-        let v = Verifier::new(&secret).unwrap();
+        let checks = TokenChecks {
+            audience: None,
+            issuer: None,
+            leeway_secs: 30,
+            max_token_bytes: 16 * 1024,
+            max_negocios: 1000,
+            keep_claims: true,
+        };
+        let v = Verifier::with_checks(Some(&secret), None, &checks).unwrap();
         let ok = mint_token(
             &secret,
             json!({"sub": "u", "negocio_id": "a"}),

@@ -49,7 +49,7 @@ pub async fn run(args: &ServeArgs) -> ExitCode {
     };
     let jwks = config.as_ref().and_then(|c| c.jwks.clone());
     if let Some(settings) = &jwks {
-        match Jwks::load(settings.source.clone(), settings.cooldown).await {
+        match Jwks::load(settings, tokio_util::task::TaskTracker::new()).await {
             Ok(keys) => r.ok(
                 "jwks",
                 format!(
@@ -194,7 +194,16 @@ async fn listen(
     // A session of its own first: behind a transaction-mode pooler the round trip below can
     // pass (the pooler hands a lone client the same session back) and prove nothing.
     let own = match crate::log::pooler::backend_pid(client).await {
-        Ok(pid) => crate::log::pooler::transaction_pooler(db, client, pid, 10).await,
+        Ok(pid) => {
+            crate::log::pooler::transaction_pooler(
+                db,
+                client,
+                pid,
+                10,
+                &tokio_util::task::TaskTracker::new(),
+            )
+            .await
+        }
         Err(error) => Err(error),
     };
     match own {

@@ -44,7 +44,7 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> 
     let config = Config::from_args(&ServeArgs {
         database_url: Some(url.clone()),
         jwt_secret: Some(secret.expose_secret().to_string()),
-        bind_addr: Some(args.bind_addr.clone()),
+        bind_addr: args.bind_addr.clone(),
         jwt_leeway: args.jwt_leeway.clone(),
         ..ServeArgs::default()
     })?;

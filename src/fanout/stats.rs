@@ -22,6 +22,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::fanout::frames::{self, ErrorCode, Outbound};
 use crate::fanout::hub::{ConnId, Hub};
@@ -61,6 +62,8 @@ pub struct Stats {
     wake: Notify,
     limit: Semaphore,
     queries: std::sync::atomic::AtomicU64,
+    /// Queries run as the server's tasks: shutdown waits for them.
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Stats {
@@ -72,7 +75,12 @@ impl std::fmt::Debug for Stats {
 }
 
 impl Stats {
-    pub fn new(settings: StatsSettings, hub: Arc<Hub>, store: Store) -> Arc<Stats> {
+    pub fn new(
+        settings: StatsSettings,
+        hub: Arc<Hub>,
+        store: Store,
+        tasks: TaskTracker,
+    ) -> Arc<Stats> {
         Arc::new(Stats {
             limit: Semaphore::new(settings.concurrency.max(1)),
             settings,
@@ -81,6 +89,7 @@ impl Stats {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             queries: Default::default(),
+            tasks,
         })
     }
 
@@ -160,7 +169,7 @@ impl Stats {
             };
             for negocio in due {
                 let this = self.clone();
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     this.refresh(&negocio).await;
                     this.state().running.remove(&negocio);
                 });

@@ -34,7 +34,7 @@ use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 
 use crate::log::cursor::{LogCursor, Running};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::log::cursor::LogPosition;
 use crate::log::db::{with_causes, ConnectError, DbConfig};
@@ -120,6 +120,8 @@ pub struct Listener {
     sink: Arc<dyn Publish>,
     status: Arc<ListenerStatus>,
     shutdown: CancellationToken,
+    /// Its connection's driver (and the pooler check's witness) run as the server's tasks.
+    tasks: TaskTracker,
 }
 
 impl Listener {
@@ -128,6 +130,7 @@ impl Listener {
         sink: Arc<dyn Publish>,
         status: Arc<ListenerStatus>,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Listener {
         Listener {
             started: Instant::now(),
@@ -135,6 +138,7 @@ impl Listener {
             sink,
             status,
             shutdown,
+            tasks,
         }
     }
 
@@ -202,7 +206,7 @@ impl Listener {
         let probe_channel = format!("citas_realtime_probe_{:08x}", rand::random::<u32>());
         let probe_seen = Arc::new(Notify::new());
         let (probe_driver, probe_name) = (probe_seen.clone(), probe_channel.clone());
-        let _driver = AbortOnDropHandle::new(tokio::spawn(async move {
+        let _driver = AbortOnDropHandle::new(self.tasks.spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             let outcome = loop {
                 match messages.next().await {
@@ -246,6 +250,7 @@ impl Listener {
             &client,
             pid,
             crate::log::pooler::ROUNDS,
+            &self.tasks,
         )
         .await?
         {

@@ -22,7 +22,7 @@
 use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
-use tokio_util::task::AbortOnDropHandle;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::log::db::DbConfig;
 
@@ -60,8 +60,9 @@ pub async fn transaction_pooler(
     client: &Client,
     pid: i32,
     rounds: usize,
+    tasks: &TaskTracker,
 ) -> Result<Option<String>, tokio_postgres::Error> {
-    let Some(witness) = open_witness(db).await else {
+    let Some(witness) = open_witness(db, tasks).await else {
         return Ok(None);
     };
     for _ in 0..rounds {
@@ -116,12 +117,12 @@ impl Witness {
 
 /// A second connection through the same URL (`None` when it cannot open in time: the check is
 /// then inconclusive).
-async fn open_witness(db: &DbConfig) -> Option<Witness> {
+async fn open_witness(db: &DbConfig, tasks: &TaskTracker) -> Option<Witness> {
     let opened = tokio::time::timeout(STEP_TIMEOUT, db.connect()).await;
     match opened {
         Ok(Ok((client, connection))) => Some(Witness {
             client,
-            _driver: AbortOnDropHandle::new(tokio::spawn(async move {
+            _driver: AbortOnDropHandle::new(tasks.spawn(async move {
                 let _ = connection.await;
             })),
         }),

@@ -81,9 +81,15 @@ async fn token_signs_what_it_is_asked() {
         &["token", "--negocio", "a", "--negocio", "b", "--ttl", "2h"],
     );
     assert_eq!(code, Some(0));
-    let verifier =
-        citas_realtime::auth::jwt::Verifier::new(&citas_realtime::auth::SecretString::from(secret))
-            .unwrap();
+    let config = crate::helpers::config_with("postgres://u@localhost/db", |a| {
+        a.jwt_secret = Some(secret.to_string())
+    });
+    let verifier = citas_realtime::auth::jwt::Verifier::with_checks(
+        config.jwt_secret.as_ref(),
+        None,
+        &config.token_checks,
+    )
+    .unwrap();
     let principal = verifier.verify(stdout.trim()).await.expect("a valid token");
     assert!(principal.grants.allows("a") && principal.grants.allows("b"));
     assert!(!principal.grants.allows("c"));

@@ -42,7 +42,7 @@ async fn the_page_and_its_assets_are_served() {
 #[tokio::test]
 async fn dashboard_off_removes_the_page() {
     let db = TestDb::new().await;
-    let app = spawn_app_unready(config_with(&db.url, |a| a.dashboard = Some("off".into()))).await;
+    let app = spawn_app_unready(config_with(&db.url, |a| a.dashboard = "off".into())).await;
     app.wait_health(200).await;
     for path in ["/", "/assets/dashboard.js"] {
         let response = reqwest::get(app.url(path)).await.unwrap();

@@ -52,7 +52,7 @@ async fn app_with(
 #[tokio::test]
 async fn slow_silent_and_idle_connections_are_closed_after_the_header_timeout() {
     let db = TestDb::new().await;
-    let app = app_with(&db, |a| a.http_header_timeout = Some("1s".into())).await;
+    let app = app_with(&db, |a| a.http_header_timeout = "1s".into()).await;
     let mut silent = open_many(app.addr, 50, b"").await;
     let mut half = open_many(app.addr, 50, b"GET /health HT").await;
     let mut idle = open_many(app.addr, 10, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -106,7 +106,7 @@ async fn oversized_headers_get_431() {
 #[tokio::test]
 async fn notify_checks_the_token_first_and_bounds_the_body() {
     let db = TestDb::new().await;
-    let app = app_with(&db, |a| a.http_body_timeout = Some("1s".into())).await;
+    let app = app_with(&db, |a| a.http_body_timeout = "1s".into()).await;
     let stalled = |auth: String| {
         let addr = app.addr;
         async move {
@@ -148,7 +148,7 @@ async fn notify_checks_the_token_first_and_bounds_the_body() {
 #[tokio::test]
 async fn pending_connections_are_capped_and_make_room_for_new_clients() {
     let db = TestDb::new().await;
-    let app = app_with(&db, |a| a.max_pending_connections = Some("50".into())).await;
+    let app = app_with(&db, |a| a.max_pending_connections = "50".into()).await;
     let mut silent = open_many(app.addr, 300, b"").await;
     let started = Instant::now();
     let mut ws = app.subscriber(&["a"]).await;
@@ -276,7 +276,7 @@ async fn a_replay_counts_against_the_queue() {
     let db = TestDb::new().await;
     db.execute("insert into citas (negocio_id) select 'q' from generate_series(1, 300)")
         .await;
-    let app = app_with(&db, |a| a.client_queue_capacity = Some("16".into())).await;
+    let app = app_with(&db, |a| a.client_queue_capacity = "16".into()).await;
     let mut ws = app.ws(&token(json!({"negocio_id": "q"}))).await;
     ws.send(json!({"type": "subscribe", "channel": "estadisticas:q", "since": 0}))
         .await;
@@ -299,8 +299,8 @@ async fn a_ping_flood_is_closed_with_1008() {
     use tokio_tungstenite::tungstenite::Message;
     let db = TestDb::new().await;
     let app = app_with(&db, |a| {
-        a.client_message_rate = Some("5".into());
-        a.client_message_burst = Some("20".into());
+        a.client_message_rate = "5".into();
+        a.client_message_burst = "20".into();
     })
     .await;
     let mut ws = app.ws(&token(json!({"negocio_id": "a"}))).await;
@@ -321,7 +321,7 @@ async fn a_ping_flood_is_closed_with_1008() {
 #[tokio::test]
 async fn tokens_without_sub_share_one_count() {
     let db = TestDb::new().await;
-    let app = app_with(&db, |a| a.max_connections_per_subject = Some("2".into())).await;
+    let app = app_with(&db, |a| a.max_connections_per_subject = "2".into()).await;
     let anonymous = token(json!({"negocio_id": "a"}));
     let _one = app.ws(&anonymous).await;
     let _two = app.ws(&token(json!({"negocio_id": "b"}))).await;

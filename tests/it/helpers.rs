@@ -198,7 +198,7 @@ pub fn config_with(db_url: &str, change: impl FnOnce(&mut ServeArgs)) -> Config 
     let mut args = ServeArgs {
         database_url: Some(db_url.to_string()),
         jwt_secret: Some(SECRET.to_string()),
-        bind_addr: Some("127.0.0.1:0".to_string()),
+        bind_addr: "127.0.0.1:0".to_string(),
         ..ServeArgs::default()
     };
     change(&mut args);

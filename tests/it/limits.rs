@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use crate::helpers::{
-    config_with, spawn_app, spawn_app_ready, spawn_app_unready, test_config, token, TestDb, SECRET,
+    config_with, spawn_app, spawn_app_ready, spawn_app_unready, token, TestDb, SECRET,
 };
 
 /// A token that expires `secs` from now.
@@ -24,7 +24,7 @@ fn short_token(claims: serde_json::Value, secs: u64) -> String {
 #[tokio::test]
 async fn an_expired_token_closes_the_socket_with_1008() {
     let db = TestDb::new().await;
-    let app = spawn_app_ready(config_with(&db.url, |a| a.jwt_leeway = Some("0".into()))).await;
+    let app = spawn_app_ready(config_with(&db.url, |a| a.jwt_leeway = "0".into())).await;
     let mut ws = app.ws(&short_token(json!({"negocio_id": "x"}), 2)).await;
     ws.subscribe("x").await;
     let closed = tokio::time::timeout(Duration::from_secs(10), ws.closed())
@@ -38,7 +38,7 @@ async fn an_expired_token_closes_the_socket_with_1008() {
 #[tokio::test]
 async fn a_token_inside_the_leeway_lives_until_exp_plus_leeway() {
     let db = TestDb::new().await;
-    let app = spawn_app_ready(config_with(&db.url, |a| a.jwt_leeway = Some("4s".into()))).await;
+    let app = spawn_app_ready(config_with(&db.url, |a| a.jwt_leeway = "4s".into())).await;
     let mut claims = json!({"negocio_id": "x"});
     claims["exp"] = (now_secs() - 1).into();
     let expired = mint_token(&SecretString::from(SECRET), claims, Duration::ZERO).unwrap();
@@ -96,8 +96,7 @@ async fn a_fresh_token_keeps_the_socket_and_narrows_the_grants() {
 #[tokio::test]
 async fn subscriptions_per_connection_are_limited() {
     let db = TestDb::new().await;
-    let mut config = test_config(&db.url);
-    config.limits.max_subscriptions = 2;
+    let config = config_with(&db.url, |a| a.max_subscriptions = "2".into());
     let app = spawn_app_unready(config).await;
     app.wait_health(200).await;
     let mut ws = app.ws(&token(json!({"role": "service_role"}))).await;
@@ -132,9 +131,10 @@ async fn status_of(url: String, origin: Option<&str>) -> Result<(), u16> {
 #[tokio::test]
 async fn origins_and_connections_per_subject_are_limited() {
     let db = TestDb::new().await;
-    let mut config = test_config(&db.url);
-    config.limits.allowed_origins = vec!["https://app.example.com".into()];
-    config.limits.max_connections_per_subject = 2;
+    let config = config_with(&db.url, |a| {
+        a.allowed_origins = Some("https://app.example.com".into());
+        a.max_connections_per_subject = "2".into();
+    });
     let app = spawn_app_unready(config).await;
     app.wait_health(200).await;
     let url = |sub: &str| {

@@ -7,8 +7,8 @@ use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::helpers::{
-    brief, spawn_app, spawn_app_unready, test_config, token, BinaryServer, TestApp, TestDb, Ws,
-    DEADLINE,
+    brief, config_with, spawn_app, spawn_app_unready, test_config, token, BinaryServer, TestApp,
+    TestDb, Ws, DEADLINE,
 };
 
 /// Subscribes to `negocio` resuming after `since`; returns after the `subscribed` answer.
@@ -253,8 +253,7 @@ async fn stalled_clients_are_dropped_and_the_others_get_everything() {
 #[tokio::test]
 async fn a_client_that_stops_answering_pings_is_dropped() {
     let db = TestDb::new().await;
-    let mut config = test_config(&db.url);
-    config.ws_ping_interval = Duration::from_millis(200);
+    let config = config_with(&db.url, |a| a.ws_ping_interval = "200ms".into());
     let app = spawn_app_unready(config).await;
     app.wait_health(200).await;
     let hub = app.server.as_ref().unwrap().hub.clone();

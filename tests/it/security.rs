@@ -333,7 +333,7 @@ async fn the_sql_hook_grants_subscriptions_and_is_cached() {
         .await;
     let app = spawn_app_unready(config_with(&db.url, |a| {
         a.can_subscribe_function = Some("citas_realtime.can_subscribe".into());
-        a.can_subscribe_cache = Some("1h".into());
+        a.can_subscribe_cache = "1h".into();
     }))
     .await;
     app.wait_health(200).await;
@@ -387,8 +387,8 @@ async fn the_sql_hook_grants_subscriptions_and_is_cached() {
 async fn a_client_flooding_messages_is_closed_with_1008() {
     let db = TestDb::new().await;
     let app = spawn_app_unready(config_with(&db.url, |a| {
-        a.client_message_rate = Some("1".into());
-        a.client_message_burst = Some("10".into());
+        a.client_message_rate = "1".into();
+        a.client_message_burst = "10".into();
     }))
     .await;
     app.wait_health(200).await;

@@ -265,3 +265,18 @@ impl Collector for LagCollector {
         vec![family]
     }
 }
+
+/// `GET /metrics`.
+pub fn route(
+    metrics: Arc<Metrics>,
+) -> impl warp::Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    use warp::Filter;
+    warp::path!("metrics").and(warp::get()).map(move || {
+        let mut response = warp::reply::Response::new(metrics.render().into());
+        response.headers_mut().insert(
+            warp::http::header::CONTENT_TYPE,
+            warp::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        response
+    })
+}

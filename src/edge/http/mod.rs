@@ -1,5 +1,10 @@
-//! The HTTP side: the accept loop and its limits, the endpoints, the dashboard page.
+//! The HTTP side: the accept loop and what it bounds ([`serve`]), one file per endpoint, and
+//! how they answer ([`reply`]) and read tokens ([`token`]).
 
 pub mod dashboard;
+pub mod health;
 pub mod metrics;
+pub mod notify;
+pub mod reply;
 pub mod serve;
+pub mod token;

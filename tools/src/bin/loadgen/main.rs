@@ -106,14 +106,11 @@ fn raise_nofile() {
 }
 
 async fn serve() -> anyhow::Result<()> {
-    let args = citas_realtime::cli::ServeArgs {
-        database_url: std::env::var("DATABASE_URL").ok(),
-        jwt_secret: std::env::var("JWT_SECRET").ok(),
-        bind_addr: std::env::var("BIND_ADDR").ok(),
-        client_queue_capacity: std::env::var("CLIENT_QUEUE_CAPACITY").ok(),
-        stats: std::env::var("STATS").ok(),
-        ..Default::default()
-    };
+    // The settings as `citas-realtime serve` reads them: the environment the parent set.
+    use clap::{Args, FromArgMatches};
+    let command = citas_realtime::cli::ServeArgs::augment_args(clap::Command::new("serve"));
+    let matches = command.try_get_matches_from(["serve"])?;
+    let args = citas_realtime::cli::ServeArgs::from_arg_matches(&matches)?;
     let config = citas_realtime::config::Config::from_args(&args)?;
     let server = citas_realtime::commands::serve::start(&config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -1,0 +1,136 @@
+//! One WebSocket's outgoing half: it only frames and writes. Every write feeds its frames and
+//! flushes once, bounded in time, and gives way at once when the hub kicks the client.
+
+use std::time::Duration;
+
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+/// A client that accepts no data for this long is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing handshake may take before the socket is simply dropped. A client kicked
+/// for being slow needs time to drain what is already on its way before it sees the close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a WebSocket runs on: a TCP stream, or whatever hyper's upgrade hands over.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+pub(crate) type Incoming<S> = SplitStream<WebSocketStream<S>>;
+
+/// How a write went.
+pub(crate) enum Written {
+    Ok,
+    /// The client does not take data fast enough (timeout, full write buffer, or the hub
+    /// kicked it meanwhile): close with 1013.
+    Slow,
+    /// The socket is gone.
+    Gone,
+}
+
+/// What the connection does next.
+pub(crate) enum Flow {
+    Continue,
+    /// Close: with this frame (then wait for the client's reply), or at once when `None`.
+    Close(Option<CloseFrame>),
+    /// The client sent a Close frame: send tungstenite's reply (RFC 6455 §5.5.1), then close.
+    ClientClosed,
+}
+
+impl Flow {
+    /// The flow of a client too slow for its queue.
+    pub(crate) fn too_slow() -> Flow {
+        Flow::Close(Some(close_frame(
+            CloseCode::Again,
+            "too slow: event queue overflowed; reconnect and resume with since",
+        )))
+    }
+
+    pub(crate) fn is_continue(&self) -> bool {
+        matches!(self, Flow::Continue)
+    }
+}
+
+impl From<Written> for Flow {
+    fn from(w: Written) -> Flow {
+        match w {
+            Written::Ok => Flow::Continue,
+            Written::Slow => Flow::too_slow(),
+            Written::Gone => Flow::Close(None),
+        }
+    }
+}
+
+pub(crate) fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// The writing half of one client's socket.
+pub(crate) struct Connection<S> {
+    sink: SplitSink<WebSocketStream<S>, Message>,
+    /// Cancelled by the hub when the client's queue overflowed.
+    kicked: CancellationToken,
+}
+
+impl<S: Io> Connection<S> {
+    pub(crate) fn new(
+        socket: WebSocketStream<S>,
+        kicked: CancellationToken,
+    ) -> (Self, Incoming<S>) {
+        let (sink, incoming) = socket.split();
+        (Connection { sink, kicked }, incoming)
+    }
+
+    /// Feeds every frame and flushes once.
+    pub(crate) async fn write(&mut self, frames: impl Iterator<Item = Message>) -> Written {
+        let sink = &mut self.sink;
+        let io = async {
+            for frame in frames {
+                sink.feed(frame).await?;
+            }
+            sink.flush().await
+        };
+        // Biased, the write first: it almost always completes at once, and then the kick
+        // future is never polled (polling it registers a waiter).
+        tokio::select! {
+            biased;
+            result = tokio::time::timeout(WRITE_TIMEOUT, io) => match result {
+                Ok(Ok(())) => Written::Ok,
+                Ok(Err(WsError::WriteBufferFull(_))) | Err(_) => Written::Slow,
+                Ok(Err(_)) => Written::Gone,
+            },
+            _ = self.kicked.cancelled() => Written::Slow,
+        }
+    }
+
+    /// Ends the connection: with `frame` (waiting, a little, for the client's reply, so the
+    /// frame is not lost in a reset), or by sending the reply tungstenite queued to the
+    /// client's own Close, or at once.
+    pub(crate) async fn close(mut self, mut incoming: Incoming<S>, how: Flow) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            match how {
+                Flow::ClientClosed => self.sink.flush().await,
+                Flow::Close(Some(frame)) => {
+                    self.sink.send(Message::Close(Some(frame))).await?;
+                    while let Some(Ok(message)) = incoming.next().await {
+                        if message.is_close() {
+                            break;
+                        }
+                    }
+                    Ok(())
+                }
+                Flow::Close(None) | Flow::Continue => Ok(()),
+            }
+        })
+        .await;
+    }
+}

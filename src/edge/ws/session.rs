@@ -1,0 +1,148 @@
+//! One client's session: who it is, what it is subscribed to, what a replay already sent, and
+//! what replays may still cost. The client's messages act on it ([`crate::edge::ws::cmd`]).
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::auth::jwt::Principal;
+use crate::edge::ws::connection::{Connection, Flow, Io, Written};
+use crate::edge::ws::WsContext;
+use crate::fanout::frames::Outbound;
+use crate::fanout::hub::{ConnId, Hub, Subscriber};
+use crate::log::cursor::LogPosition;
+
+pub(crate) type Limiter = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    governor::clock::MonotonicClock,
+>;
+
+/// One connection's state, owned by its task.
+pub(crate) struct Session<S> {
+    pub(crate) ctx: WsContext,
+    /// The hub's handle on this connection.
+    pub(crate) me: Subscriber,
+    pub(crate) principal: Principal,
+    pub(crate) conn: Connection<S>,
+    pub(crate) subscriptions: Subscriptions,
+    /// Per negocio, seqs a replay already sent that the listener may still publish live.
+    pub(crate) replayed: HashMap<String, HashSet<i64>>,
+    /// What replays may still cost (`CLIENT_REPLAY_BUDGET` events per minute).
+    replay_budget: Limiter,
+}
+
+impl<S: Io> Session<S> {
+    pub(crate) fn new(
+        ctx: WsContext,
+        me: Subscriber,
+        principal: Principal,
+        conn: Connection<S>,
+    ) -> Session<S> {
+        let replay_budget =
+            Limiter::direct_with_clock(ctx.limits.replay_quota, governor::clock::MonotonicClock);
+        Session {
+            subscriptions: Subscriptions {
+                hub: ctx.hub.clone(),
+                id: me.id,
+                negocios: HashSet::new(),
+            },
+            ctx,
+            me,
+            principal,
+            conn,
+            replayed: HashMap::new(),
+            replay_budget,
+        }
+    }
+
+    pub(crate) async fn reply(&mut self, message: Message) -> Flow {
+        self.conn.write(std::iter::once(message)).await.into()
+    }
+
+    pub(crate) async fn write(&mut self, frames: impl Iterator<Item = Message>) -> Flow {
+        self.conn.write(frames).await.into()
+    }
+
+    /// Writes a batch from the live queue, skipping what a replay already sent.
+    pub(crate) async fn send_live(&mut self, batch: &mut Vec<Arc<Outbound>>) -> Flow {
+        let replayed = &mut self.replayed;
+        let frames: Vec<Message> = batch
+            .drain(..)
+            .filter(|out| {
+                let Some(seqs) = replayed.get_mut(&out.negocio_id).filter(|_| out.is_event) else {
+                    return true;
+                };
+                let duplicate = seqs.remove(&out.seq);
+                if seqs.is_empty() {
+                    replayed.remove(&out.negocio_id);
+                }
+                !duplicate
+            })
+            .map(|out| out.frame.clone())
+            .collect();
+        if frames.is_empty() {
+            return Written::Ok.into();
+        }
+        self.write(frames.into_iter()).await
+    }
+
+    /// Ends the subscription to `negocio`; false when there was none.
+    pub(crate) fn leave(&mut self, negocio: &str) -> bool {
+        self.replayed.remove(negocio);
+        self.subscriptions.remove(negocio)
+    }
+
+    /// Takes `rows` events from the replay budget; false when it cannot pay.
+    pub(crate) fn charge_replay(&self, rows: usize) -> bool {
+        let Some(n) = NonZeroU32::new(rows.min(u32::MAX as usize) as u32) else {
+            return true;
+        };
+        matches!(self.replay_budget.check_n(n), Ok(Ok(())))
+    }
+}
+
+/// The connection's subscriptions. Leaving the hub is tied to this value's life: however the
+/// connection's task ends (a close, an error, a panic), dropping it unsubscribes everything.
+pub(crate) struct Subscriptions {
+    hub: Arc<Hub>,
+    id: ConnId,
+    negocios: HashSet<String>,
+}
+
+impl Subscriptions {
+    pub(crate) fn contains(&self, negocio: &str) -> bool {
+        self.negocios.contains(negocio)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.negocios.len()
+    }
+
+    pub(crate) fn negocios(&self) -> impl Iterator<Item = &String> {
+        self.negocios.iter()
+    }
+
+    /// Subscribes in the hub; returns the listener's position at that instant.
+    pub(crate) fn add(&mut self, negocio: &str, me: &Subscriber, stats: bool) -> LogPosition {
+        self.negocios.insert(negocio.to_string());
+        self.hub.subscribe(negocio, me, stats)
+    }
+
+    /// Unsubscribes from the hub; false when not subscribed.
+    fn remove(&mut self, negocio: &str) -> bool {
+        let removed = self.negocios.remove(negocio);
+        if removed {
+            self.hub.unsubscribe(negocio, self.id);
+        }
+        removed
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        self.hub.unsubscribe_all(&self.negocios, self.id);
+    }
+}
