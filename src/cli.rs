@@ -263,6 +263,25 @@ pub struct ServeArgs {
     pub dashboard: String,
 }
 
+/// Variables of ours that are set but empty count as unset (their default applies), as an
+/// operator who writes `STATS_INTERVAL=` in a `.env` file means. Call before parsing, while the
+/// process has one thread.
+pub fn forget_empty_variables() {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let names: Vec<std::ffi::OsString> = command
+        .get_subcommands()
+        .flat_map(|sub| sub.get_arguments())
+        .chain(command.get_arguments())
+        .filter_map(|arg| arg.get_env().map(|name| name.to_os_string()))
+        .collect();
+    for name in names {
+        if std::env::var_os(&name).is_some_and(|value| value.is_empty()) {
+            std::env::remove_var(&name);
+        }
+    }
+}
+
 impl Default for ServeArgs {
     /// Every setting at clap's default, whatever the environment holds: what the demo, the
     /// tests and the benchmarks start from.

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    citas_realtime::cli::forget_empty_variables();
     let cli = Cli::parse();
     if let Err(message) = init_logging(&cli.log_format) {
         eprintln!("error: {message}");
@@ -99,7 +100,7 @@ fn stop_signal() -> CancellationToken {
     token
 }
 
-fn init_logging(format: &str) -> Result<(), String> {
+fn init_logging(format: &str) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     // PostgreSQL's NOTICEs (e.g. "already exists, skipping") are not news to an operator.
     let mut filter = EnvFilter::try_from_default_env()
@@ -124,11 +125,7 @@ fn init_logging(format: &str) -> Result<(), String> {
     match format {
         "text" => builder.init(),
         "json" => builder.json().init(),
-        other => {
-            return Err(format!(
-                "LOG_FORMAT is invalid: '{other}' is not text or json"
-            ))
-        }
+        other => anyhow::bail!("LOG_FORMAT is invalid: '{other}' is not text or json"),
     }
     Ok(())
 }

@@ -27,6 +27,11 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// cheap to recompute and short-lived anyway).
 const CACHE_LIMIT: usize = 10_000;
 
+/// A name that is not `name` or `schema.name` of lowercase identifiers.
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not a function name like citas_realtime.can_subscribe (lowercase letters, digits and _)")]
+pub struct BadFunctionName(String);
+
 /// The SQL function's name, validated: `name` or `schema.name`, lowercase identifiers only, so
 /// it can be quoted into the query without any way to inject SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +41,7 @@ pub struct FunctionName {
 }
 
 impl FunctionName {
-    pub fn parse(text: &str) -> Result<FunctionName, String> {
+    pub fn parse(text: &str) -> Result<FunctionName, BadFunctionName> {
         let text = text.trim();
         let valid = |part: &str| {
             !part.is_empty()
@@ -54,10 +59,7 @@ impl FunctionName {
             None => (None, text),
         };
         if !valid(name) || schema.is_some_and(|s| !valid(s)) {
-            return Err(format!(
-                "'{text}' is not a function name like citas_realtime.can_subscribe \
-                 (lowercase letters, digits and _)"
-            ));
+            return Err(BadFunctionName(text.to_string()));
         }
         Ok(FunctionName {
             schema: schema.map(str::to_string),

@@ -42,6 +42,21 @@ const MAX_DOCUMENT: usize = 1024 * 1024;
 /// How long one fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What is wrong with a JWKS source or document.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("'{0}' is not a URL: {1}")]
+    Url(String, String),
+    #[error("'{0}' is neither an http(s) URL nor a file path")]
+    Scheme(String),
+    #[error("not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("not a JWKS document: no \"keys\" array")]
+    NoKeys,
+    #[error("the JWKS document has no usable signing key")]
+    NoUsableKey,
+}
+
 /// Where the JWKS document comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwksSource {
@@ -51,17 +66,16 @@ pub enum JwksSource {
 
 impl JwksSource {
     /// `https://...` or `http://...` is fetched; `file:///path` or a plain path is read.
-    pub fn parse(text: &str) -> Result<JwksSource, String> {
+    pub fn parse(text: &str) -> Result<JwksSource, JwksError> {
         let text = text.trim();
         if text.starts_with("https://") || text.starts_with("http://") {
-            reqwest::Url::parse(text).map_err(|e| format!("'{text}' is not a URL: {e}"))?;
+            reqwest::Url::parse(text)
+                .map_err(|e| JwksError::Url(text.to_string(), e.to_string()))?;
             Ok(JwksSource::Url(text.to_string()))
         } else if let Some(path) = text.strip_prefix("file://") {
             Ok(JwksSource::File(PathBuf::from(path)))
         } else if text.contains("://") {
-            Err(format!(
-                "'{text}' is neither an http(s) URL nor a file path"
-            ))
+            Err(JwksError::Scheme(text.to_string()))
         } else {
             Ok(JwksSource::File(PathBuf::from(text)))
         }
@@ -96,13 +110,12 @@ pub struct KeySet {
 impl KeySet {
     /// Reads a JWKS document. Keys this server cannot use are skipped (and logged); a document
     /// with no usable key at all is an error.
-    pub fn parse(document: &[u8]) -> Result<KeySet, String> {
-        let value: Value =
-            serde_json::from_slice(document).map_err(|e| format!("not JSON: {e}"))?;
+    pub fn parse(document: &[u8]) -> Result<KeySet, JwksError> {
+        let value: Value = serde_json::from_slice(document)?;
         let keys = value
             .get("keys")
             .and_then(Value::as_array)
-            .ok_or("not a JWKS document: no \"keys\" array")?;
+            .ok_or(JwksError::NoKeys)?;
         let mut set = KeySet::default();
         for raw in keys {
             match usable_key(raw) {
@@ -114,12 +127,12 @@ impl KeySet {
                 },
                 Err(reason) => {
                     let kid = raw.get("kid").and_then(|k| k.as_str()).unwrap_or("");
-                    tracing::warn!(kid, reason, "skipping a JWKS key")
+                    tracing::warn!(kid, %reason, "skipping a JWKS key")
                 }
             }
         }
         if set.is_empty() {
-            return Err("the JWKS document has no usable signing key".into());
+            return Err(JwksError::NoUsableKey);
         }
         Ok(set)
     }
@@ -147,30 +160,39 @@ impl KeySet {
     }
 }
 
-fn usable_key(raw: &Value) -> Result<(Option<String>, Key), String> {
-    let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|e| e.to_string())?;
+/// Why a key of a JWKS document is skipped (logged).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SkippedKey(String);
+
+fn usable_key(raw: &Value) -> Result<(Option<String>, Key), SkippedKey> {
+    let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|e| SkippedKey(e.to_string()))?;
     if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-        return Err("an encryption key (use: enc)".into());
+        return Err(SkippedKey("an encryption key (use: enc)".into()));
     }
     let implied = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => Algorithm::RS256,
         AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
             EllipticCurve::P256 => Algorithm::ES256,
             EllipticCurve::P384 => Algorithm::ES384,
-            _ => return Err("unsupported elliptic curve".into()),
+            _ => return Err(SkippedKey("unsupported elliptic curve".into())),
         },
         AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
         AlgorithmParameters::OctetKey(_) => {
-            return Err("symmetric keys are not taken from a JWKS (use JWT_SECRET)".into())
+            return Err(SkippedKey(
+                "symmetric keys are not taken from a JWKS (use JWT_SECRET)".into(),
+            ))
         }
-        _ => return Err("unsupported key type".into()),
+        _ => return Err(SkippedKey("unsupported key type".into())),
     };
     let algorithm = match jwk.common.key_algorithm {
         None => implied,
         Some(KeyAlgorithm::HS256 | KeyAlgorithm::HS384 | KeyAlgorithm::HS512) => {
-            return Err("an HMAC algorithm on a public key".into())
+            return Err(SkippedKey("an HMAC algorithm on a public key".into()))
         }
-        Some(alg) => Algorithm::try_from(alg).map_err(|_| format!("unsupported alg {alg}"))?,
+        Some(alg) => {
+            Algorithm::try_from(alg).map_err(|_| SkippedKey(format!("unsupported alg {alg}")))?
+        }
     };
     let family_ok = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => matches!(
@@ -185,9 +207,11 @@ fn usable_key(raw: &Value) -> Result<(Option<String>, Key), String> {
         _ => algorithm == implied,
     };
     if !family_ok {
-        return Err(format!("alg {algorithm:?} does not fit the key type"));
+        return Err(SkippedKey(format!(
+            "alg {algorithm:?} does not fit the key type"
+        )));
     }
-    let key = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| SkippedKey(e.to_string()))?;
     Ok((jwk.common.key_id, Key { algorithm, key }))
 }
 
@@ -338,18 +362,18 @@ mod tests {
     #[test]
     fn sources() {
         assert_eq!(
-            JwksSource::parse("https://x.supabase.co/auth/v1/.well-known/jwks.json"),
-            Ok(JwksSource::Url(
+            JwksSource::parse("https://x.supabase.co/auth/v1/.well-known/jwks.json").ok(),
+            Some(JwksSource::Url(
                 "https://x.supabase.co/auth/v1/.well-known/jwks.json".into()
             ))
         );
         assert_eq!(
-            JwksSource::parse("file:///etc/jwks.json"),
-            Ok(JwksSource::File("/etc/jwks.json".into()))
+            JwksSource::parse("file:///etc/jwks.json").ok(),
+            Some(JwksSource::File("/etc/jwks.json".into()))
         );
         assert_eq!(
-            JwksSource::parse("./jwks.json"),
-            Ok(JwksSource::File("./jwks.json".into()))
+            JwksSource::parse("./jwks.json").ok(),
+            Some(JwksSource::File("./jwks.json".into()))
         );
         assert!(JwksSource::parse("ftp://x/jwks.json").is_err());
     }

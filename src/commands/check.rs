@@ -13,6 +13,7 @@ use crate::cli::ServeArgs;
 use crate::config::{database_from, jwt_secret_from, Config};
 use crate::log::db::{with_causes, DbConfig, SslMode};
 use crate::log::sql::SQL_VERSION;
+use crate::log::store::StoreError;
 
 /// How long the LISTEN/NOTIFY round trip may take.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -23,15 +24,15 @@ struct Report {
 }
 
 impl Report {
-    fn ok(&mut self, name: &str, detail: impl AsRef<str>) {
-        println!("ok   {name}: {}", detail.as_ref());
+    fn ok(&mut self, name: &str, detail: impl std::fmt::Display) {
+        println!("ok   {name}: {}", detail);
     }
-    fn warn(&mut self, name: &str, detail: impl AsRef<str>) {
-        println!("warn {name}: {}", detail.as_ref());
+    fn warn(&mut self, name: &str, detail: impl std::fmt::Display) {
+        println!("warn {name}: {}", detail);
     }
-    fn fail(&mut self, name: &str, detail: impl AsRef<str>) {
+    fn fail(&mut self, name: &str, detail: impl std::fmt::Display) {
         self.failed = true;
-        println!("FAIL {name}: {}", detail.as_ref());
+        println!("FAIL {name}: {}", detail);
     }
 }
 
@@ -116,7 +117,7 @@ async fn database(r: &mut Report, db: &DbConfig, hook: Option<&HookSettings>) {
     .and_then(
         |row| match (row.try_get::<_, String>(0), row.try_get::<_, String>(1)) {
             (Ok(v), Ok(user)) => Ok((v, user)),
-            _ => Err("unexpected answer to select version".to_string()),
+            _ => Err(StoreError::NoRow),
         },
     );
     match &version {
@@ -377,7 +378,7 @@ async fn one_row(
     client: &tokio_postgres::Client,
     sql: &str,
     params: &[&str],
-) -> Result<tokio_postgres::Row, String> {
+) -> Result<tokio_postgres::Row, StoreError> {
     let typed: Vec<(
         &(dyn tokio_postgres::types::ToSql + Sync),
         tokio_postgres::types::Type,
@@ -392,9 +393,8 @@ async fn one_row(
         .collect();
     client
         .query_typed(sql, &typed)
-        .await
-        .map_err(|e| with_causes(&e))?
+        .await?
         .into_iter()
         .next()
-        .ok_or_else(|| "the query returned no row".to_string())
+        .ok_or(StoreError::NoRow)
 }

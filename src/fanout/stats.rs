@@ -220,7 +220,7 @@ impl Stats {
             }
             outcome => {
                 let reason = match outcome {
-                    Ok(Err(error)) => error,
+                    Ok(Err(error)) => error.to_string(),
                     _ => format!("took longer than {:?}", self.settings.timeout),
                 };
                 tracing::warn!(negocio, %reason, "statistics unavailable");
@@ -242,26 +242,35 @@ impl Stats {
 }
 
 /// The figures and the newest seq of the negocio (truncates included), read under one snapshot.
-async fn query(store: &Store, negocio: &str, timeout: Duration) -> Result<(i64, Value), String> {
-    let (seq, text) = store
-        .estadisticas(negocio, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn query(
+    store: &Store,
+    negocio: &str,
+    timeout: Duration,
+) -> Result<(i64, Value), StatsError> {
+    let (seq, text) = store.estadisticas(negocio, timeout).await?;
     if let Some(text) = text.as_ref().filter(|t| t.len() > MAX_SNAPSHOT_BYTES) {
         // Every frame must fit what a socket takes; figures this large are a bug in the
         // DBA's function, reported as such rather than closing every subscriber.
-        return Err(format!(
-            "the figures are {} bytes of JSON, more than the {MAX_SNAPSHOT_BYTES} a snapshot may carry",
-            text.len()
-        ));
+        return Err(StatsError::TooLarge(text.len()));
     }
     let data = match text.map(|t| serde_json::from_str::<Value>(&t)) {
         Some(Ok(Value::Object(map))) => Value::Object(map),
         Some(Ok(other)) => json!({ "value": other }),
-        Some(Err(e)) => return Err(format!("not JSON: {e}")),
+        Some(Err(e)) => return Err(StatsError::NotJson(e)),
         None => Value::Object(Default::default()),
     };
     Ok((seq, data))
+}
+
+/// Why a negocio's figures could not be had.
+#[derive(Debug, thiserror::Error)]
+enum StatsError {
+    #[error("{0}")]
+    Query(#[from] crate::log::store::StoreError),
+    #[error("the figures are {0} bytes of JSON, more than the {MAX_SNAPSHOT_BYTES} a snapshot may carry")]
+    TooLarge(usize),
+    #[error("not JSON: {0}")]
+    NotJson(serde_json::Error),
 }
 
 /// The most JSON a statistics snapshot may carry.

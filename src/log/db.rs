@@ -40,20 +40,33 @@ pub enum SslMode {
     VerifyFull,
 }
 
+/// What is wrong with a `DATABASE_URL`.
+#[derive(Debug, thiserror::Error)]
+pub enum DbUrlError {
+    #[error("sslmode '{0}' is not one of disable, prefer, require, verify-ca, verify-full")]
+    SslMode(String),
+    #[error("{0}")]
+    Url(#[from] tokio_postgres::Error),
+    #[error("no host given")]
+    NoHost,
+    #[error("sslrootcert '{0}' cannot be read: {1}")]
+    RootCert(String, std::io::Error),
+    #[error("sslrootcert is not a PEM certificate: {0}")]
+    NotPem(native_tls::Error),
+    #[error("'{0}' is not UTF-8 once percent-decoded")]
+    NotUtf8(String),
+}
+
 impl FromStr for SslMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = DbUrlError;
+    fn from_str(s: &str) -> Result<Self, DbUrlError> {
         Ok(match s {
             "disable" => SslMode::Disable,
             "prefer" | "allow" => SslMode::Prefer,
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
-            other => {
-                return Err(format!(
-                "sslmode '{other}' is not one of disable, prefer, require, verify-ca, verify-full"
-            ))
-            }
+            other => return Err(DbUrlError::SslMode(other.to_string())),
         })
     }
 }
@@ -76,23 +89,21 @@ pub type PgConnection = Connection<Socket, <MakeTlsConnector as MakeTlsConnect<S
 impl DbConfig {
     /// Parses a libpq URL (`postgres://user:pass@host:port/db?sslmode=...`) or keyword string
     /// (`host=... user=... sslmode=...`). Returns the reason when it cannot.
-    pub fn parse(url: &str) -> Result<DbConfig, String> {
+    pub fn parse(url: &str) -> Result<DbConfig, DbUrlError> {
         let (rest, ssl_mode, root_cert_path) = take_tls_params(url)?;
-        let mut pg = tokio_postgres::Config::from_str(&rest).map_err(|e| e.to_string())?;
+        let mut pg = tokio_postgres::Config::from_str(&rest)?;
         if pg.get_hosts().is_empty() {
-            return Err("no host given".into());
+            return Err(DbUrlError::NoHost);
         }
         let ssl_mode = ssl_mode.unwrap_or_else(|| default_ssl_mode(pg.get_hosts()));
         let root_cert = match root_cert_path {
             None => None,
-            Some(path) => Some(
-                std::fs::read(&path)
-                    .map_err(|e| format!("sslrootcert '{path}' cannot be read: {e}"))?,
-            ),
+            Some(path) => {
+                Some(std::fs::read(&path).map_err(|e| DbUrlError::RootCert(path.clone(), e))?)
+            }
         };
         if let Some(pem) = &root_cert {
-            native_tls::Certificate::from_pem(pem)
-                .map_err(|e| format!("sslrootcert is not a PEM certificate: {e}"))?;
+            native_tls::Certificate::from_pem(pem).map_err(DbUrlError::NotPem)?;
         }
         pg.ssl_mode(match ssl_mode {
             SslMode::Disable => PgSslMode::Disable,
@@ -286,10 +297,12 @@ fn default_ssl_mode(hosts: &[Host]) -> SslMode {
 }
 
 /// Removes `sslmode` and `sslrootcert` from a URL's query or a keyword string.
-fn take_tls_params(url: &str) -> Result<(String, Option<SslMode>, Option<String>), String> {
+type TlsParams = (String, Option<SslMode>, Option<String>);
+
+fn take_tls_params(url: &str) -> Result<TlsParams, DbUrlError> {
     let mut ssl_mode = None;
     let mut root_cert = None;
-    let mut take = |key: &str, value: String| -> Result<bool, String> {
+    let mut take = |key: &str, value: String| -> Result<bool, DbUrlError> {
         match key {
             "sslmode" => ssl_mode = Some(value.parse()?),
             "sslrootcert" => root_cert = Some(value),
@@ -328,11 +341,11 @@ fn take_tls_params(url: &str) -> Result<(String, Option<SslMode>, Option<String>
     }
 }
 
-fn percent_decode(value: &str) -> Result<String, String> {
+fn percent_decode(value: &str) -> Result<String, DbUrlError> {
     percent_encoding::percent_decode_str(value)
         .decode_utf8()
         .map(|v| v.into_owned())
-        .map_err(|_| format!("'{value}' is not UTF-8 once percent-decoded"))
+        .map_err(|_| DbUrlError::NotUtf8(value.to_string()))
 }
 
 #[cfg(test)]

@@ -143,21 +143,36 @@ impl Announcement {
     /// Longest payload PostgreSQL delivers (its limit is 8000 bytes).
     pub const MAX_PAYLOAD: usize = 8000;
 
-    pub fn parse(payload: &str) -> Result<Announcement, String> {
+    pub fn parse(payload: &str) -> Result<Announcement, NotAnAnnouncement> {
         if payload.len() > Self::MAX_PAYLOAD {
-            return Err(format!("payload of {} bytes", payload.len()));
+            return Err(NotAnAnnouncement::TooLong(payload.len()));
         }
-        let a: Announcement =
-            serde_json::from_str(payload).map_err(|e| format!("not an announcement: {e}"))?;
+        let a: Announcement = serde_json::from_str(payload)?;
         let first = a.first_seq.unwrap_or(a.last_seq);
         if first < 1 || a.last_seq < first || a.count < 1 {
-            return Err(format!(
-                "inconsistent announcement: seqs {:?}..={}, count {}",
-                a.first_seq, a.last_seq, a.count
-            ));
+            return Err(NotAnAnnouncement::Inconsistent {
+                first: a.first_seq,
+                last: a.last_seq,
+                count: a.count,
+            });
         }
         Ok(a)
     }
+}
+
+/// Why a `NOTIFY citas_realtime` payload is no trigger's announcement.
+#[derive(Debug, thiserror::Error)]
+pub enum NotAnAnnouncement {
+    #[error("payload of {0} bytes")]
+    TooLong(usize),
+    #[error("not an announcement: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("inconsistent announcement: seqs {first:?}..={last}, count {count}")]
+    Inconsistent {
+        first: Option<i64>,
+        last: i64,
+        count: i64,
+    },
 }
 
 #[cfg(test)]

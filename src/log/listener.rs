@@ -224,7 +224,7 @@ impl Listener {
                             Err(reason) => {
                                 status.unrecognised.fetch_add(1, Ordering::Relaxed);
                                 tracing::debug!(
-                                    reason,
+                                    %reason,
                                     "unrecognised NOTIFY payload; reading the log anyway"
                                 )
                             }

@@ -32,22 +32,31 @@ pub enum ClientMessage {
     },
 }
 
+/// A text frame that is no message of the protocol (`bad_request`).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid message: {0}")]
+pub struct InvalidMessage(#[from] serde_json::Error);
+
+/// A channel name that names no negocio (`bad_channel`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadChannel {
+    #[error("negocio id longer than {MAX_NEGOCIO_ID_LEN} bytes")]
+    TooLong,
+    #[error("channel must be '{CHANNEL_PREFIX}<negocio_id>', got '{0}'")]
+    NotAChannel(String),
+}
+
 /// Parses one text frame.
-pub fn parse(text: &str) -> Result<ClientMessage, String> {
-    serde_json::from_str(text).map_err(|e| format!("invalid message: {e}"))
+pub fn parse(text: &str) -> Result<ClientMessage, InvalidMessage> {
+    Ok(serde_json::from_str(text)?)
 }
 
 /// The negocio id of a channel name `estadisticas:<negocio_id>`.
-pub fn negocio_of(channel: &str) -> Result<&str, String> {
+pub fn negocio_of(channel: &str) -> Result<&str, BadChannel> {
     match channel.strip_prefix(CHANNEL_PREFIX) {
         Some(id) if !id.is_empty() && id.len() <= MAX_NEGOCIO_ID_LEN => Ok(id),
-        Some(id) if !id.is_empty() => {
-            Err(format!("negocio id longer than {MAX_NEGOCIO_ID_LEN} bytes"))
-        }
-        _ => Err(format!(
-            "channel must be '{CHANNEL_PREFIX}<negocio_id>', got '{}'",
-            truncate(channel, 100)
-        )),
+        Some(id) if !id.is_empty() => Err(BadChannel::TooLong),
+        _ => Err(BadChannel::NotAChannel(truncate(channel, 100).to_string())),
     }
 }
 
@@ -65,14 +74,14 @@ mod tests {
     #[test]
     fn parses_the_three_messages() {
         assert_eq!(
-            parse(r#"{"type":"subscribe","channel":"estadisticas:a","since":3}"#),
-            Ok(ClientMessage::Subscribe {
+            parse(r#"{"type":"subscribe","channel":"estadisticas:a","since":3}"#).ok(),
+            Some(ClientMessage::Subscribe {
                 channel: "estadisticas:a".into(),
                 since: Some(3),
                 stats: None,
             })
         );
-        assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
+        assert_eq!(parse(r#"{"type":"ping"}"#).ok(), Some(ClientMessage::Ping));
         assert!(parse(r#"{"type":"subscribe"}"#).is_err());
         assert!(parse(r#"{"type":"dance"}"#).is_err());
         assert!(parse("[1,2").is_err());
