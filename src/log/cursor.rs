@@ -101,6 +101,28 @@ impl LogCursor {
         self.compact();
     }
 
+    /// Seqs below the cursor (inclusive ranges) that `running` transactions may hold: the
+    /// first start's view of what is still in flight, however far back.
+    pub fn hold(&mut self, ranges: impl IntoIterator<Item = (i64, i64)>, running: &Running) {
+        let cursor = self.cursor.unwrap_or(0);
+        let mut seqs = RoaringTreemap::new();
+        for (lo, hi) in ranges {
+            let (lo, hi) = (lo.max(1), hi.min(cursor));
+            if lo <= hi {
+                seqs.insert_range(as_key(lo)..=as_key(hi));
+            }
+        }
+        if seqs.is_empty() || running.is_empty() {
+            return;
+        }
+        *Arc::make_mut(&mut self.pending) |= &seqs;
+        self.groups.push(Group {
+            seqs,
+            writers: running.clone(),
+        });
+        self.compact();
+    }
+
     /// The pending seqs that may have become visible: those of every group with a writer that
     /// is not running any more. As inclusive ranges `(lo, hi)`, for the probe query.
     pub fn to_probe(&self, running: &Running) -> Vec<(i64, i64)> {

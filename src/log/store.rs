@@ -216,3 +216,82 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 }
+
+/// The listener's SQL: it runs on the listener's own connection, not the pool.
+pub(crate) mod listener {
+    use crate::log::event::EVENT_COLUMNS;
+
+    /// One read: a first row with the snapshot's running transactions (and the backend's
+    /// pid), then up to `$2` rows after the cursor `$1`, all under the statement's one
+    /// snapshot. Prepared once per connection: its plan, a primary-key range scan, never
+    /// changes.
+    pub(crate) fn read() -> String {
+        format!(
+            r#"
+select null::bigint as seq, null::text as negocio_id, null::text as cita_id,
+       null::text as action, null::text as estado, null::text as estado_anterior,
+       null::text as ts, null::float8 as age_secs,
+       array(select x::text::bigint from pg_snapshot_xip(pg_current_snapshot()) as x) as running,
+       pg_backend_pid() as pid
+union all
+(select {EVENT_COLUMNS},
+        extract(epoch from clock_timestamp() - e.created_at)::float8, null, null
+   from citas_realtime.events e
+  where e.seq > $1
+  order by e.seq
+  limit $2)
+"#
+        )
+    }
+
+    /// A probe: the rows of pending seqs, given as inclusive ranges (`$1` lows, `$2` highs).
+    /// The lateral subquery, fenced by `offset 0`, makes the plan one primary-key range scan
+    /// per range whatever the statistics say: planned as a join, an unanalyzed log got a
+    /// nested loop over every pair (100,000 ranges took 12 minutes instead of half a second).
+    /// Sent with its values each time, so planned for them (probes are rare: one per writer
+    /// that ends while holding pending seqs).
+    pub(crate) fn probe() -> String {
+        format!(
+            r#"
+select e.*
+  from unnest($1::bigint[], $2::bigint[]) as g(lo, hi)
+ cross join lateral (
+       select {EVENT_COLUMNS},
+              extract(epoch from clock_timestamp() - e.created_at)::float8 as age_secs
+         from citas_realtime.events e
+        where e.seq between g.lo and g.hi
+       offset 0) as e
+ order by e.seq
+"#
+        )
+    }
+
+    /// At the first start: where to begin reading (`$1` seqs below the newest), the running
+    /// transactions, and, when there are any, every seq missing from the log below that start
+    /// (back to the last pruned seq), as ranges: each may belong to one of those transactions,
+    /// however old, and still commit. One statement, so one snapshot. Without running
+    /// transactions nothing below the start can still appear, and the log is not scanned.
+    pub(crate) const PRIME: &str = r#"
+with top as (
+    select greatest(coalesce(max(seq), 0) - $1, 0) as start from citas_realtime.events
+),
+floor as (select pruned_upto as seq from citas_realtime.retention),
+running as (
+    select array(select x::text::bigint from pg_snapshot_xip(pg_current_snapshot()) as x) as xs
+),
+seqs as (
+    select s.seq, lag(s.seq) over (order by s.seq) as prev
+      from (select e.seq
+              from citas_realtime.events e
+             where (select cardinality(xs) from running) > 0
+               and e.seq <= (select start from top)
+               and e.seq > (select seq from floor)
+            union all select seq from floor where seq <= (select start from top)
+            union all select start + 1 from top) as s
+)
+select (select start from top) as start,
+       (select xs from running) as running,
+       array(select prev + 1 from seqs where seq > prev + 1 order by seq) as los,
+       array(select seq - 1 from seqs where seq > prev + 1 order by seq) as his
+"#;
+}

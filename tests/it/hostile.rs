@@ -410,3 +410,45 @@ async fn a_failing_access_hook_tells_the_client_nothing_of_the_database() {
     assert!(!message.contains("secret"), "{message}");
     assert!(message.contains("try again"), "{message}");
 }
+
+/// A transaction holds its seq across a server restart while rolled-back writes burn more
+/// seqs than the first read looks back: the restarted server still delivers it to a client
+/// that resumed before the commit (found by the adversarial pass).
+#[tokio::test]
+async fn a_transaction_open_across_a_restart_is_delivered() {
+    let db = TestDb::new().await;
+    let mut first = spawn_app(&db.url).await;
+    let mut client = first.subscriber(&["r"]).await;
+    db.execute("insert into citas (negocio_id) values ('r')")
+        .await;
+    let seen = brief(&client.events(1).await[0]).2;
+    let writer = connect(&db.url).await;
+    writer
+        .batch_execute("begin; insert into citas (negocio_id) values ('r')")
+        .await
+        .unwrap();
+    db.execute(
+        "do $$ begin
+           for i in 1..1500 loop
+             insert into citas (negocio_id) values ('ruido'); rollback;
+           end loop;
+           insert into citas (negocio_id) values ('otro'); commit;
+         end $$",
+    )
+    .await;
+    first.shutdown().await;
+    drop(client);
+    let second = spawn_app(&db.url).await;
+    client = second.ws(&token(json!({"negocio_id": "r"}))).await;
+    client
+        .send(json!({"type": "subscribe", "channel": "estadisticas:r", "since": seen}))
+        .await;
+    client.expect("subscribed").await;
+    // The replay is over once the next message is answered: the commit comes after it.
+    client.send(json!({"type": "ping"})).await;
+    client.expect("pong").await;
+    writer.batch_execute("commit").await.unwrap();
+    let event = client.events(1).await.remove(0);
+    assert_eq!(brief(&event).1, "r");
+    assert_eq!(brief(&event).2, seen + 1);
+}

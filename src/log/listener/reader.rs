@@ -1,0 +1,204 @@
+//! Reading the log: the first start's priming, reads after the cursor, probes of pending seqs,
+//! and handing what was read to the fan-out.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Row, Statement};
+
+use super::{Publish, SessionError};
+use crate::log::cursor::{LogCursor, Running};
+use crate::log::event::Event;
+use crate::log::status::ListenerStatus;
+use crate::log::store::listener as sql;
+
+/// Rows read from the log at a time.
+pub const READ_BATCH: i64 = 1000;
+/// A read that takes longer than this means the connection is not healthy.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// At first start, the events this far below the newest are read again to learn which were
+/// written since the server started (they are delivered); every seq missing below is checked
+/// for writers still in flight, however far back.
+const PRIME_WINDOW: i64 = 1000;
+
+/// Reads the log on one connection and publishes what it reads.
+pub(super) struct Reader<'a> {
+    pub(super) client: &'a Client,
+    pub(super) read: Statement,
+    /// The connection's backend: a read answered by another is a transaction pooler's.
+    pub(super) pid: i32,
+    pub(super) sink: &'a dyn Publish,
+    pub(super) status: &'a Arc<ListenerStatus>,
+}
+
+impl Reader<'_> {
+    /// At the first start: the cursor, and the seqs below it that open transactions may still
+    /// commit. Then the events written since `started` are delivered, older ones are history.
+    pub(super) async fn prime(
+        &self,
+        log: &mut LogCursor,
+        started: Instant,
+    ) -> Result<(), SessionError> {
+        let rows = timed(self.client.query_typed(sql::PRIME, &[(&PRIME_WINDOW, Type::INT8)])).await?;
+        let row = rows.first().ok_or(SessionError::Closed)?;
+        let start: i64 = row.try_get("start")?;
+        let running: Running = row.try_get::<_, Vec<i64>>("running")?.into_iter().collect();
+        let lows: Vec<i64> = row.try_get("los")?;
+        let highs: Vec<i64> = row.try_get("his")?;
+        log.cursor = Some(start);
+        log.hold(lows.into_iter().zip(highs), &running);
+        // Ages are measured on the database's clock: clock skew between machines is no matter.
+        let since_start = started.elapsed().as_secs_f64();
+        self.catch_up(log, Some(since_start)).await
+    }
+
+    /// Reads until the log has nothing newer, handing what it finds on. With
+    /// `only_last_secs`, only rows written at most that many seconds ago are handed on.
+    pub(super) async fn catch_up(
+        &self,
+        log: &mut LogCursor,
+        only_last_secs: Option<f64>,
+    ) -> Result<(), SessionError> {
+        loop {
+            let cursor = log.cursor.unwrap_or(0);
+            let rows = timed(self.client.query(&self.read, &[&cursor, &READ_BATCH])).await?;
+            let read = Read::parse(&rows)?;
+            if read.pid != self.pid {
+                return Err(SessionError::TransactionPooler(format!(
+                    "the listener's server session changed between two reads (pid {}, then {})",
+                    self.pid, read.pid
+                )));
+            }
+            log.advance(read.rows.iter().map(|r| &r.seq), &read.running);
+            let full = read.rows.len() >= READ_BATCH as usize;
+            let mut batch: Vec<LogRow> = read
+                .rows
+                .into_iter()
+                .filter(|r| only_last_secs.is_none_or(|max| r.age.is_some_and(|age| age <= max)))
+                .collect();
+            batch.extend(self.probe(log, &read.running).await?);
+            batch.sort_by_key(|r| r.seq);
+            self.publish(batch, log);
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the pending seqs whose writers may have ended, and gives up those whose writers
+    /// all have; the rows that showed up.
+    async fn probe(
+        &self,
+        log: &mut LogCursor,
+        running: &Running,
+    ) -> Result<Vec<LogRow>, SessionError> {
+        let ranges = log.to_probe(running);
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (lows, highs): (Vec<i64>, Vec<i64>) = ranges.into_iter().unzip();
+        let probe = sql::probe();
+        let params = [(&lows as _, Type::INT8_ARRAY), (&highs as _, Type::INT8_ARRAY)];
+        let rows = timed(self.client.query_typed(&probe, &params)).await?;
+        let mut found = Vec::new();
+        for row in &rows {
+            let row = LogRow::from_row(row)?;
+            if log.take(row.seq) {
+                found.push(row);
+            }
+        }
+        let given_up = log.settle(running);
+        if given_up > 0 {
+            tracing::debug!(given_up, pending = log.pending_len(), "rolled-back seqs");
+        }
+        Ok(found)
+    }
+
+    /// Hands a batch on (always, even empty: the fan-out records how far the listener has got,
+    /// which is what resuming clients de-duplicate against).
+    fn publish(&self, batch: Vec<LogRow>, log: &LogCursor) {
+        let mut events = Vec::with_capacity(batch.len());
+        for row in batch {
+            if let Some(event) = row.event {
+                events.push(event);
+                if let Some(age) = row.age {
+                    self.status.lag.observe(age);
+                }
+            }
+        }
+        self.status
+            .last_seq
+            .store(log.cursor.unwrap_or(0), Ordering::Relaxed);
+        self.status
+            .events_read
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.sink.publish(&events, log.position());
+    }
+}
+
+/// A query that must answer within [`QUERY_TIMEOUT`].
+async fn timed<T>(
+    query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, SessionError> {
+    tokio::time::timeout(QUERY_TIMEOUT, query)
+        .await
+        .map_err(|_| SessionError::Timeout(QUERY_TIMEOUT))?
+        .map_err(SessionError::from)
+}
+
+/// Prepares the read on `client`: a log we cannot read means our SQL is missing.
+pub(super) async fn prepare_read(client: &Client) -> Result<Statement, SessionError> {
+    client
+        .prepare(&sql::read())
+        .await
+        .map_err(SessionError::NotInstalled)
+}
+
+/// One row of the log as the listener reads it.
+struct LogRow {
+    seq: i64,
+    /// `None` for an action this version does not know (skipped, logged).
+    event: Option<Event>,
+    /// Seconds since it was written.
+    age: Option<f64>,
+}
+
+impl LogRow {
+    fn from_row(row: &Row) -> Result<LogRow, tokio_postgres::Error> {
+        Ok(LogRow {
+            seq: row.try_get("seq")?,
+            event: Event::from_row(row)?,
+            age: row.try_get("age_secs")?,
+        })
+    }
+}
+
+/// What one read returned.
+struct Read {
+    running: Running,
+    /// The backend that ran it.
+    pid: i32,
+    rows: Vec<LogRow>,
+}
+
+impl Read {
+    fn parse(rows: &[Row]) -> Result<Read, tokio_postgres::Error> {
+        let mut read = Read {
+            running: Running::new(),
+            pid: 0,
+            rows: Vec::with_capacity(rows.len()),
+        };
+        for row in rows {
+            if row.try_get::<_, Option<i64>>("seq")?.is_none() {
+                let running: Vec<i64> = row.try_get("running")?;
+                read.running = running.into_iter().collect();
+                read.pid = row.try_get("pid")?;
+            } else {
+                read.rows.push(LogRow::from_row(row)?);
+            }
+        }
+        Ok(read)
+    }
+}
