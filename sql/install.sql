@@ -62,6 +62,16 @@ begin
     if missing is not null then
         raise exception 'citas-realtime: public.citas lacks required column(s): %', missing;
     end if;
+    -- The UPDATE trigger pairs old and new rows by id: its type must have "=" (json does not),
+    -- or every UPDATE would fail. Refused here, at install, rather than in a writer's UPDATE.
+    begin
+        execute 'select 1 from public.citas a join public.citas b on a.id = b.id limit 0';
+    exception when undefined_function then
+        raise exception 'citas-realtime: public.citas.id is of type %, which has no "=" operator',
+            (select pg_catalog.format_type(a.atttypid, a.atttypmod) from pg_catalog.pg_attribute a
+              where a.attrelid = 'public.citas'::regclass and a.attname = 'id')
+            using hint = 'Give citas an id of a comparable type (uuid, bigint, text, ...).';
+    end;
     -- Lock citas first, in the order writers take locks (citas, then the log): writers wait
     -- here for the few milliseconds this install takes instead of deadlocking with it, so no
     -- write fails during an upgrade.
@@ -207,7 +217,7 @@ begin
         kind := 'truncated';
     elsif tg_op = 'INSERT' then
         insert into citas_realtime.events (negocio_id, cita_id, action, estado)
-        select left(r.negocio_id::text, 257), left(r.id::text, 1025), 'created',
+        select left(r.negocio_id::text, 257), coalesce(left(r.id::text, 1025), ''), 'created',
                left(r.estado::text, 1025)
         from citas_realtime_new r
         where r.negocio_id is not null;
@@ -215,20 +225,22 @@ begin
         kind := 'created';
     elsif tg_op = 'DELETE' then
         insert into citas_realtime.events (negocio_id, cita_id, action, estado)
-        select left(r.negocio_id::text, 257), left(r.id::text, 1025), 'deleted',
+        select left(r.negocio_id::text, 257), coalesce(left(r.id::text, 1025), ''), 'deleted',
                left(r.estado::text, 1025)
         from citas_realtime_old r
         where r.negocio_id is not null;
         get diagnostics n_events = row_count;
         kind := 'deleted';
     else
-        -- UPDATE: pair old and new rows by primary key. A row whose id changed has no partner:
-        -- it reads as deleted (old id) plus created (new id). A row moved to another negocio is
+        -- UPDATE: pair old and new rows by id. A row whose id changed, or is NULL, has no
+        -- partner: it reads as deleted (old id) plus created (new id); has_old / has_new say
+        -- which side a pair has (an id may be NULL, so the id cannot tell). A row moved to another negocio is
         -- deleted for the old negocio, then created for the new one. to_jsonb() compares whole
         -- rows whatever the column types (json and point columns have no "=" operator).
         -- Materialized: each pair's casts are computed once, not once per SELECT below.
         with pairs as materialized (
-            select o.id::text          as old_id,
+            select o.citas_realtime_present as has_old, n.citas_realtime_present as has_new,
+                   o.id::text          as old_id,
                    n.id::text          as new_id,
                    o.negocio_id::text  as old_neg,
                    n.negocio_id::text  as new_neg,
@@ -239,11 +251,15 @@ begin
                    case when o.estado::text is distinct from n.estado::text
                           or o.negocio_id::text is distinct from n.negocio_id::text then true
                         else to_jsonb(o) is distinct from to_jsonb(n) end as changed
-            from citas_realtime_old o
-            full join citas_realtime_new n on o.id = n.id
+            -- The marker has the same (unlikely) name on both sides, so the whole-row comparison
+            -- below still sees equal rows as equal.
+            from (select true as citas_realtime_present, r.* from citas_realtime_old r) o
+            full join (select true as citas_realtime_present, r.* from citas_realtime_new r) n
+              on o.id = n.id
         )
         insert into citas_realtime.events (negocio_id, cita_id, action, estado, estado_anterior)
-        select left(e.negocio_id, 257), left(e.cita_id, 1025), e.action, left(e.estado, 1025),
+        select left(e.negocio_id, 257), coalesce(left(e.cita_id, 1025), ''), e.action,
+               left(e.estado, 1025),
                left(e.estado_anterior, 1025)
         from (
             -- One SELECT per kind of event, not a LATERAL VALUES list: PostgreSQL builds a
@@ -253,23 +269,23 @@ begin
                    p.old_id as cita_id, 'deleted' as action, p.old_estado as estado,
                    null::text as estado_anterior
             from pairs p
-            where p.old_id is not null and p.old_neg is not null
-              and (p.new_id is null or p.old_neg is distinct from p.new_neg)
+            where p.has_old and p.old_neg is not null
+              and (p.has_new is null or p.old_neg is distinct from p.new_neg)
             union all
             select coalesce(p.new_id, p.old_id), 2, p.new_neg, p.new_id, 'created', p.new_estado,
                    null
             from pairs p
-            where p.new_id is not null and p.new_neg is not null
-              and (p.old_id is null or p.old_neg is distinct from p.new_neg)
+            where p.has_new and p.new_neg is not null
+              and (p.has_old is null or p.old_neg is distinct from p.new_neg)
             union all
             select p.new_id, 3, p.new_neg, p.new_id, 'status_changed', p.new_estado, p.old_estado
             from pairs p
-            where p.old_id is not null and p.new_id is not null and p.old_neg = p.new_neg
+            where p.has_old and p.has_new and p.old_neg = p.new_neg
               and p.old_estado is distinct from p.new_estado
             union all
             select p.new_id, 4, p.new_neg, p.new_id, 'updated', p.new_estado, null
             from pairs p
-            where p.old_id is not null and p.new_id is not null and p.old_neg = p.new_neg
+            where p.has_old and p.has_new and p.old_neg = p.new_neg
               and p.old_estado is not distinct from p.new_estado
               and p.changed
         ) as e

@@ -155,8 +155,10 @@ impl Access {
         }
         self.counters.checks.fetch_add(1, Ordering::Relaxed);
         let call_sql = settings.function.call_sql();
-        let call = store.can_subscribe(&call_sql, &key.0, negocio);
-        let answer = tokio::time::timeout(CHECK_TIMEOUT, call)
+        let call = store.can_subscribe(&call_sql, &key.0, negocio, CHECK_TIMEOUT);
+        // The database ends the call at CHECK_TIMEOUT; this bound covers a pool that cannot
+        // hand out a connection, and the round trips around the call.
+        let answer = tokio::time::timeout(CHECK_TIMEOUT * 2, call)
             .await
             .map_err(|_| "timed out".to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))

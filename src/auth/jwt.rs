@@ -237,7 +237,7 @@ impl Verifier {
             }
         }
         Ok(Principal {
-            subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
+            subject: claims.get("sub").and_then(subject_text),
             grants,
             expires_at,
             valid_until: expires_at.saturating_add(self.validation.leeway),
@@ -247,6 +247,16 @@ impl Verifier {
                 Arc::from("")
             },
         })
+    }
+}
+
+/// `sub` as text: a string, or a number (some issuers use numeric ids); an empty string or any
+/// other value is no subject.
+fn subject_text(sub: &Value) -> Option<String> {
+    match sub {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::edge::http::metrics::{EdgeCounters, Metrics, Sources};
 use crate::edge::http::notify::Notify;
 use crate::edge::http::serve::{raise_open_file_limit, HttpCounters, Server};
-use crate::edge::ws::WsContext;
+use crate::edge::ws::{ReplayBudgets, WsContext};
 use crate::edge::Endpoints;
 use crate::fanout::hub::Hub;
 use crate::fanout::stats::Stats;
@@ -176,6 +176,7 @@ fn endpoints(
             verifier,
             access,
             limits: config.limits.clone(),
+            replay_budgets: Arc::new(ReplayBudgets::new(config.limits.replay_quota)),
             counters,
             shutdown: core.shutdown.clone(),
             tasks: core.tasks.clone(),

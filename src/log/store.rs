@@ -191,16 +191,28 @@ impl Store {
         Ok((row.try_get(1)?, row.try_get(0)?))
     }
 
-    /// Calls the access hook: `call_sql` takes the claims (JSON text) and the negocio.
+    /// Calls the access hook: `call_sql` takes the claims (JSON text) and the negocio. The
+    /// database ends it after `timeout` (a DBA's function may wait on a lock): a slow hook
+    /// never keeps a pool connection from replays and notifications for longer.
     pub async fn can_subscribe(
         &self,
         call_sql: &str,
         claims: &str,
         negocio: &str,
+        timeout: Duration,
     ) -> Result<bool, StoreError> {
-        let row = self
-            .row(call_sql, &[(&claims, Type::TEXT), (&negocio, Type::TEXT)])
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "set local statement_timeout = {}",
+            timeout.as_millis().max(1)
+        ))
+        .await?;
+        let rows = tx
+            .query_typed(call_sql, &[(&claims, Type::TEXT), (&negocio, Type::TEXT)])
             .await?;
+        tx.commit().await?;
+        let row = rows.first().ok_or(StoreError::NoRow)?;
         Ok(row.try_get::<_, Option<bool>>(0)?.unwrap_or(false))
     }
 

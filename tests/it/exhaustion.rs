@@ -556,3 +556,74 @@ async fn replay_loop(addr: SocketAddr, stop: tokio_util::sync::CancellationToken
     }
     frames
 }
+
+/// The replay budget is the subject's, not the connection's: reconnecting buys none (found by
+/// the adversarial pass: 30 reconnects replayed 1.2 million events in 7 s).
+#[tokio::test]
+async fn reconnecting_buys_no_fresh_replay_budget() {
+    let db = TestDb::new().await;
+    db.execute("insert into citas (negocio_id) select 'r' from generate_series(1, 300)")
+        .await;
+    let app = app_with(&db, |a| a.client_replay_budget = Some("500".into())).await;
+    let claims = json!({"sub": "same", "negocio_id": "r"});
+    let mut replayed = 0;
+    let mut resyncs = 0;
+    for _ in 0..4 {
+        let mut ws = app.ws(&token(claims.clone())).await;
+        ws.send(json!({"type": "subscribe", "channel": "estadisticas:r", "since": 0}))
+            .await;
+        ws.expect("subscribed").await;
+        loop {
+            let msg = ws.next().await;
+            match msg["type"].as_str() {
+                Some("cita_created") => {
+                    replayed += 1;
+                    if replayed % 300 == 0 {
+                        break;
+                    }
+                }
+                Some("resync") => {
+                    resyncs += 1;
+                    break;
+                }
+                _ => panic!("unexpected {msg}"),
+            }
+        }
+    }
+    assert!(replayed <= 500, "replayed {replayed} over four connections");
+    assert!(resyncs >= 2, "resyncs {resyncs}");
+}
+
+/// Silent sockets are evicted before a client that has started its request: a flood of new
+/// sockets cannot evict a client that takes a moment to send its headers (found by the
+/// adversarial pass: a client 100 ms slow was evicted under churn).
+#[tokio::test]
+async fn silent_sockets_are_evicted_before_a_client_sending_its_request() {
+    let db = TestDb::new().await;
+    let app = app_with(&db, |a| a.max_pending_connections = "50".into()).await;
+    let _before = open_many(app.addr, 100, b"").await;
+    let mut slow = TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+    // The server has read those bytes (the client is no longer silent) before the flood: two
+    // pending connections have spoken, this one and the one asking for /metrics.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let pending = metric(&app, "citas_realtime_http_pending_connections").await;
+        let silent = metric(&app, "citas_realtime_http_pending_silent_connections").await;
+        if pending - silent >= 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slow client was never heard");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _after = open_many(app.addr, 300, b"").await;
+    slow.write_all(b"Host: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(DEADLINE, slow.read_to_string(&mut answer))
+        .await
+        .expect("an answer")
+        .expect("not evicted");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

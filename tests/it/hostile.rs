@@ -297,6 +297,22 @@ async fn protocol_errors_close_with_1002_and_1007() {
     );
 }
 
+/// An empty text frame that is not the last of its message, then empty continuation frames
+/// forever: tungstenite shows no message, so only a byte budget can stop it (found by the
+/// adversarial pass: a core per connection until the ping timeout).
+#[tokio::test]
+async fn a_flood_of_continuation_frames_is_closed_with_1008() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut flood = vec![0x01, 0x80, 0, 0, 0, 0];
+    for _ in 0..300_000 {
+        flood.extend_from_slice(&[0x00, 0x80, 0, 0, 0, 0]);
+    }
+    let started = Instant::now();
+    assert_eq!(close_code_after(&app, &flood).await, 1008);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
 /// Opens a WebSocket by hand, sends `frame`, and returns the code of the server's close frame.
 async fn close_code_after(app: &crate::helpers::TestApp, frame: &[u8]) -> u16 {
     let mut tcp = TcpStream::connect(app.addr).await.unwrap();
@@ -314,9 +330,12 @@ async fn close_code_after(app: &crate::helpers::TestApp, frame: &[u8]) -> u16 {
         head.push(byte[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-    tcp.write_all(frame).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    // The server may stop reading (and close) before all of it is written.
+    let frame = frame.to_vec();
+    tokio::spawn(async move { wr.write_all(&frame).await });
     let mut reply = [0u8; 4];
-    tokio::time::timeout(DEADLINE, tcp.read_exact(&mut reply))
+    tokio::time::timeout(DEADLINE, rd.read_exact(&mut reply))
         .await
         .expect("an answer in time")
         .expect("a close frame, not a bare TCP close");
@@ -451,4 +470,132 @@ async fn a_transaction_open_across_a_restart_is_delivered() {
     let event = client.events(1).await.remove(0);
     assert_eq!(brief(&event).1, "r");
     assert_eq!(brief(&event).2, seen + 1);
+}
+
+/// A hook that hangs (a lock wait, say) is ended by the database at the check's timeout: the
+/// pool's connections go back to replays and `POST /notify/cita` within seconds, not when the
+/// function returns (found by the adversarial pass: 30 s of stalled replays).
+#[tokio::test]
+async fn a_hanging_access_hook_does_not_hold_the_pool() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "create function public.can_subscribe(claims jsonb, negocio_id text)
+             returns boolean language plpgsql as $$
+             begin perform pg_sleep(30); return true; end $$;",
+        )
+        .await
+        .unwrap();
+    let app = spawn_app_ready(config_with(&db.url, |a| {
+        a.can_subscribe_function = Some("public.can_subscribe".into())
+    }))
+    .await;
+    // Four hanging checks: as many as the pool has connections.
+    let mut waiting = Vec::new();
+    for i in 0..4 {
+        let mut ws = app.ws(&token(json!({"sub": format!("u{i}")}))).await;
+        ws.send(json!({"type": "subscribe", "channel": format!("estadisticas:lento{i}")}))
+            .await;
+        waiting.push(ws);
+    }
+    for ws in &mut waiting {
+        assert_eq!(ws.expect("error").await["code"], "unavailable");
+    }
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .post(app.url("/notify/cita"))
+        .bearer_auth(token(json!({"role": "service_role"})))
+        .json(&json!({"negocio_id": "n", "action": "created"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut resumed = app.ws(&token(json!({"negocio_id": "n"}))).await;
+    resumed
+        .send(json!({"type": "subscribe", "channel": "estadisticas:n", "since": 0}))
+        .await;
+    resumed.expect("subscribed").await;
+    resumed.events(1).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "the pool was held for {took:?}"
+    );
+}
+
+/// A `citas.id` that may be NULL never fails a writer and still gives events (with no cita
+/// id); an id type without `=` (json) is refused at install, not at a writer's UPDATE (found by
+/// the adversarial pass).
+#[tokio::test]
+async fn null_ids_give_events_and_incomparable_ids_are_refused_at_install() {
+    let db = TestDb::empty().await;
+    db.client
+        .batch_execute(
+            "create table public.citas (id bigint, negocio_id text not null,
+                                        estado text not null default 'pendiente')",
+        )
+        .await
+        .unwrap();
+    db.client
+        .batch_execute(citas_realtime::log::sql::INSTALL)
+        .await
+        .unwrap();
+    db.execute("insert into citas (id, negocio_id) values (null, 'nulo'), (7, 'nulo')")
+        .await;
+    db.execute("update citas set estado = 'confirmada'").await;
+    db.execute("delete from citas").await;
+    let logged: Vec<(String, String)> = db
+        .client
+        .query(
+            "select action, cita_id from citas_realtime.events where negocio_id = 'nulo'
+             order by seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let count = |action: &str, id: &str| {
+        logged
+            .iter()
+            .filter(|(a, i)| a == action && i == id)
+            .count()
+    };
+    assert_eq!(count("created", ""), 2, "{logged:?}"); // the insert, and the update's new row
+    assert_eq!(count("deleted", ""), 2, "{logged:?}"); // the update's old row, and the delete
+    assert_eq!(count("status_changed", "7"), 1, "{logged:?}");
+
+    let other = TestDb::empty().await;
+    other
+        .client
+        .batch_execute("create table public.citas (id json, negocio_id text, estado text)")
+        .await
+        .unwrap();
+    let refused = other
+        .client
+        .batch_execute(citas_realtime::log::sql::INSTALL)
+        .await
+        .expect_err("a json id is refused");
+    assert!(
+        refused
+            .as_db_error()
+            .is_some_and(|e| e.message().contains("no \"=\" operator")),
+        "{refused:?}"
+    );
+}
+
+/// A numeric `sub` is a subject like any other: counted as itself, and an `auth` may not move
+/// the connection to another number.
+#[tokio::test]
+async fn a_numeric_sub_is_a_subject() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut ws = app.ws(&token(json!({"sub": 42, "negocio_id": "a"}))).await;
+    ws.send(json!({"type": "auth", "token": token(json!({"sub": 43, "negocio_id": "a"}))}))
+        .await;
+    assert_eq!(ws.expect("error").await["code"], "unauthorized");
+    ws.send(json!({"type": "auth", "token": token(json!({"sub": 42, "negocio_id": "a"}))}))
+        .await;
+    ws.expect("authenticated").await;
 }

@@ -192,8 +192,14 @@ async fn the_pool_queries_work_through_a_transaction_pooler() {
             .unwrap();
         assert!(stats_seq >= seq && figures.is_some());
         let call = "select \"public\".\"can_subscribe\"($1::text::jsonb, $2::text)";
-        assert!(store.can_subscribe(call, "{}", "p").await.unwrap());
-        assert!(!store.can_subscribe(call, "{}", "q").await.unwrap());
+        assert!(store
+            .can_subscribe(call, "{}", "p", Duration::from_secs(2))
+            .await
+            .unwrap());
+        assert!(!store
+            .can_subscribe(call, "{}", "q", Duration::from_secs(2))
+            .await
+            .unwrap());
         store.prune(Duration::from_secs(3600)).await.unwrap();
     }
     stop.cancel();

@@ -172,6 +172,7 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(sources.http.pending.clone()))?;
+        registry.register(Box::new(sources.http.silent.clone()))?;
         Ok(Metrics {
             registry,
             sources,

@@ -5,6 +5,7 @@ pub mod dashboard;
 pub mod health;
 pub mod metrics;
 pub mod notify;
+pub(crate) mod pending;
 pub mod reply;
 pub mod serve;
 pub mod token;

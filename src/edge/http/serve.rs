@@ -7,8 +7,9 @@
 //! * **Size.** The request line and headers are capped (`HTTP_MAX_HEADER_BYTES`, 431 beyond).
 //! * **Number.** A connection is *pending* from `accept` until it is upgraded to a WebSocket
 //!   (then the hub's connection permits count it) or closed. At most `MAX_PENDING_CONNECTIONS`
-//!   are pending; a new one beyond that evicts the oldest, so sockets held open by an attacker
-//!   cannot lock legitimate clients out, they only make room for them. The process's open-file
+//!   are pending; a new one beyond that evicts the oldest one that has sent nothing yet (then
+//!   the oldest), so sockets held open by an attacker cannot lock legitimate clients out, they
+//!   only make room for them (see [`crate::edge::http::pending`]). The process's open-file
 //!   limit (its soft limit raised to the hard one at start) bounds them the same way: pending
 //!   connections give way to new ones before descriptors run out, and when upgraded clients
 //!   hold them all, a new socket is closed at once rather than letting `accept` fail.
@@ -16,10 +17,8 @@
 //!   counted (`/metrics`) and summed up in one log line per [`SUMMARY_INTERVAL`], never logged
 //!   one by one.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -32,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use warp::reply::Response;
 use warp::Filter;
 
+use crate::edge::http::pending::{Heard, Pending, PendingSlot};
 use crate::fanout::hub::Hub;
 
 /// How often client errors are summed up in the log.
@@ -63,6 +63,8 @@ pub struct HttpCounters {
     pub refused: IntCounter,
     /// Connections accepted and not (yet) upgraded or closed.
     pub pending: IntGauge,
+    /// Those of them that have not sent a byte yet.
+    pub silent: IntGauge,
 }
 
 impl Default for HttpCounters {
@@ -90,65 +92,12 @@ impl Default for HttpCounters {
                 "Connections accepted and not yet upgraded or closed",
             )
             .unwrap_or_else(|_| unreachable!("valid gauge options")),
+            silent: IntGauge::new(
+                "citas_realtime_http_pending_silent_connections",
+                "Pending connections that have not sent a byte yet (evicted first)",
+            )
+            .unwrap_or_else(|_| unreachable!("valid gauge options")),
         }
-    }
-}
-
-/// The pending connections, oldest first, each with the token that evicts it.
-#[derive(Debug)]
-struct Pending {
-    max: usize,
-    next: AtomicU64,
-    slots: Mutex<BTreeMap<u64, CancellationToken>>,
-    counters: Arc<HttpCounters>,
-}
-
-/// One pending connection's place; released when dropped.
-struct PendingSlot {
-    pending: Arc<Pending>,
-    id: u64,
-    evicted: CancellationToken,
-}
-
-impl Pending {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, CancellationToken>> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A place for a new connection, evicting the oldest while `room` (at most the configured
-    /// maximum) places are taken; `None` when there is no room at all.
-    fn admit(self: &Arc<Self>, room: usize) -> Option<PendingSlot> {
-        let room = room.min(self.max);
-        if room == 0 {
-            return None;
-        }
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let evicted = CancellationToken::new();
-        let mut slots = self.lock();
-        while slots.len() >= room {
-            match slots.pop_first() {
-                Some((_, oldest)) => {
-                    oldest.cancel();
-                    self.counters.evicted.inc();
-                }
-                None => break,
-            }
-        }
-        slots.insert(id, evicted.clone());
-        self.counters.pending.set(slots.len() as i64);
-        Some(PendingSlot {
-            pending: self.clone(),
-            id,
-            evicted,
-        })
-    }
-}
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        let mut slots = self.pending.lock();
-        slots.remove(&self.id);
-        self.pending.counters.pending.set(slots.len() as i64);
     }
 }
 
@@ -191,12 +140,10 @@ where
 {
     /// Accepts until shutdown; every connection is served by a task of `tasks`.
     pub async fn run(self) {
-        let pending = Arc::new(Pending {
-            max: self.settings.max_pending.max(1),
-            next: AtomicU64::new(0),
-            slots: Mutex::new(BTreeMap::new()),
-            counters: self.counters.clone(),
-        });
+        let pending = Arc::new(Pending::new(
+            self.settings.max_pending,
+            self.counters.clone(),
+        ));
         self.tasks.spawn(summarize_client_errors(
             self.counters.clone(),
             self.shutdown.clone(),
@@ -267,7 +214,7 @@ impl Connection {
         let _ = tcp.set_nodelay(true);
         let connection = self
             .builder
-            .serve_connection(TokioIo::new(tcp), service)
+            .serve_connection(TokioIo::new(Heard::new(tcp, &slot)), service)
             .with_upgrades();
         tokio::pin!(connection);
         let outcome = tokio::select! {

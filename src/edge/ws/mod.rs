@@ -15,6 +15,7 @@
 
 pub(crate) mod cmd;
 pub(crate) mod connection;
+pub(crate) mod metered;
 pub mod protocol;
 pub(crate) mod replay;
 pub(crate) mod session;
@@ -52,6 +53,50 @@ pub struct Limits {
     pub replay_quota: governor::Quota,
 }
 
+/// The replay budget (`CLIENT_REPLAY_BUDGET` events per minute) of each token subject, shared
+/// by all its connections: reconnecting buys no fresh budget. Tokens without `sub` share one.
+pub struct ReplayBudgets {
+    limiter: governor::RateLimiter<
+        String,
+        governor::state::keyed::HashMapStateStore<String>,
+        governor::clock::MonotonicClock,
+    >,
+}
+
+impl std::fmt::Debug for ReplayBudgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayBudgets").finish_non_exhaustive()
+    }
+}
+
+impl ReplayBudgets {
+    /// Subjects kept at most before the ones whose budget is whole again are forgotten.
+    const KEEP: usize = 10_000;
+
+    pub fn new(quota: governor::Quota) -> ReplayBudgets {
+        ReplayBudgets {
+            limiter: governor::RateLimiter::hashmap_with_clock(
+                quota,
+                governor::clock::MonotonicClock,
+            ),
+        }
+    }
+
+    /// Takes `events` from `subject`'s budget; false when it cannot pay.
+    pub fn charge(&self, subject: &str, events: usize) -> bool {
+        let Some(n) = std::num::NonZeroU32::new(u32::try_from(events).unwrap_or(u32::MAX)) else {
+            return true;
+        };
+        if self.limiter.len() > Self::KEEP {
+            self.limiter.retain_recent();
+        }
+        matches!(
+            self.limiter.check_key_n(&subject.to_string(), n),
+            Ok(Ok(()))
+        )
+    }
+}
+
 /// What every connection task shares.
 #[derive(Debug, Clone)]
 pub struct WsContext {
@@ -65,6 +110,8 @@ pub struct WsContext {
     /// Decides which negocios a principal may subscribe to.
     pub access: Arc<Access>,
     pub limits: Arc<Limits>,
+    /// What replays may still cost, per token subject.
+    pub replay_budgets: Arc<ReplayBudgets>,
     pub counters: Arc<EdgeCounters>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,

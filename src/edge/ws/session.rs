@@ -2,7 +2,6 @@
 //! what replays may still cost. The client's messages act on it ([`crate::edge::ws::cmd`]).
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Message;
@@ -30,8 +29,6 @@ pub(crate) struct Session<S> {
     pub(crate) subscriptions: Subscriptions,
     /// Per negocio, seqs a replay already sent that the listener may still publish live.
     pub(crate) replayed: HashMap<String, HashSet<i64>>,
-    /// What replays may still cost (`CLIENT_REPLAY_BUDGET` events per minute).
-    replay_budget: Limiter,
 }
 
 impl<S: Io> Session<S> {
@@ -41,8 +38,6 @@ impl<S: Io> Session<S> {
         principal: Principal,
         conn: Connection<S>,
     ) -> Session<S> {
-        let replay_budget =
-            Limiter::direct_with_clock(ctx.limits.replay_quota, governor::clock::MonotonicClock);
         Session {
             subscriptions: Subscriptions {
                 hub: ctx.hub.clone(),
@@ -54,7 +49,6 @@ impl<S: Io> Session<S> {
             principal,
             conn,
             replayed: HashMap::new(),
-            replay_budget,
         }
     }
 
@@ -95,12 +89,11 @@ impl<S: Io> Session<S> {
         self.subscriptions.remove(negocio)
     }
 
-    /// Takes `rows` events from the replay budget; false when it cannot pay.
+    /// Takes `rows` events from the replay budget of this connection's subject; false when it
+    /// cannot pay.
     pub(crate) fn charge_replay(&self, rows: usize) -> bool {
-        let Some(n) = NonZeroU32::new(rows.min(u32::MAX as usize) as u32) else {
-            return true;
-        };
-        matches!(self.replay_budget.check_n(n), Ok(Ok(())))
+        let subject = self.principal.subject.as_deref().unwrap_or("");
+        self.ctx.replay_budgets.charge(subject, rows)
     }
 }
 

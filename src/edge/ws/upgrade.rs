@@ -14,6 +14,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use crate::auth::jwt::Principal;
+use crate::edge::http::pending::Heard;
 use crate::edge::http::reply::error_response;
 use crate::edge::http::token::{authenticate, query};
 use crate::edge::ws::transport::serve;
@@ -179,9 +180,9 @@ fn spawn_connection(
                 return;
             }
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<Heard<TcpStream>>>() {
             Ok(parts) => {
-                let tcp = parts.io.into_inner();
+                let tcp = parts.io.into_inner().into_inner();
                 if parts.read_buf.is_empty() {
                     serve(ctx, tcp, principal).await;
                 } else {

@@ -40,8 +40,8 @@ use crate::log::status::{
     ListenerStatus, STATE_CONNECTED, STATE_DISCONNECTED, STATE_TRANSACTION_POOLER,
 };
 use connection::Connection;
-pub use reader::{QUERY_TIMEOUT, READ_BATCH};
 use reader::{prepare_read, Reader};
+pub use reader::{QUERY_TIMEOUT, READ_BATCH};
 
 /// Read even when no notification came: resolves gaps, and detects a dead connection.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);

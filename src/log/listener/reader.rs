@@ -41,7 +41,11 @@ impl Reader<'_> {
         log: &mut LogCursor,
         started: Instant,
     ) -> Result<(), SessionError> {
-        let rows = timed(self.client.query_typed(sql::PRIME, &[(&PRIME_WINDOW, Type::INT8)])).await?;
+        let rows = timed(
+            self.client
+                .query_typed(sql::PRIME, &[(&PRIME_WINDOW, Type::INT8)]),
+        )
+        .await?;
         let row = rows.first().ok_or(SessionError::Closed)?;
         let start: i64 = row.try_get("start")?;
         let running: Running = row.try_get::<_, Vec<i64>>("running")?.into_iter().collect();
@@ -100,7 +104,10 @@ impl Reader<'_> {
         }
         let (lows, highs): (Vec<i64>, Vec<i64>) = ranges.into_iter().unzip();
         let probe = sql::probe();
-        let params = [(&lows as _, Type::INT8_ARRAY), (&highs as _, Type::INT8_ARRAY)];
+        let params = [
+            (&lows as _, Type::INT8_ARRAY),
+            (&highs as _, Type::INT8_ARRAY),
+        ];
         let rows = timed(self.client.query_typed(&probe, &params)).await?;
         let mut found = Vec::new();
         for row in &rows {
