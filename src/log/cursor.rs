@@ -11,17 +11,20 @@
 //! saw committed, so `s` was drawn before `c` committed, hence before the read's snapshot; and
 //! the writer of `s` had a transaction id when it drew `s` (it changed `citas`, or called
 //! `pg_current_xact_id()` in `notify_cita()`, before writing the log). So that writer was either
-//! finished by the snapshot (and `s` will never appear: a rollback) or in the snapshot's list of
-//! running transactions, its `xip`. A read's new pending seqs therefore form a [`Group`] whose
-//! possible *writers* are that snapshot's `xip`, and nothing else.
+//! finished by the snapshot (and `s` will never appear: a rollback) or running at the snapshot.
+//! The transactions running at a snapshot are its list `xip` *and every id from its `xmax`
+//! (the newest finished id, plus one) up to the next id to be assigned*: `xip` lists only ids
+//! below `xmax`, and a writer that took its id after the newest commit is above it. The read
+//! learns the next id too ([`Running`]). A read's new pending seqs therefore form a [`Group`]
+//! whose possible *writers* are that snapshot's running transactions, and nothing else.
 //!
-//! Each later read brings its own `xip`. When one of a group's writers is no longer in it, that
-//! writer ended, and if it committed its rows are now visible: the group is *probed* (its seqs
-//! read from the log). Writers that ended are then struck off, and a group with no writer left
-//! is given up after that probe: whatever did not show up was rolled back. No seq is given up
-//! while a transaction that may hold it is running, however long it runs and however many seqs
-//! other transactions burn meanwhile; and a group costs a probe only when one of its writers
-//! ends, never on every read.
+//! Each later read brings its own running transactions. When one of a group's writers is no
+//! longer among them, that writer ended, and if it committed its rows are now visible: the group
+//! is *probed* (its seqs read from the log). Writers that ended are then struck off, and a group
+//! with no writer left is given up after that probe: whatever did not show up was rolled back.
+//! No seq is given up while a transaction that may hold it is running, however long it runs and
+//! however many seqs other transactions burn meanwhile; and a group costs a probe only when one
+//! of its writers ends, never on every read.
 //!
 //! Memory is proportional to what is pending: the seqs are compressed bitmaps (`roaring`), and
 //! groups whose writers are the same transactions are merged (a long-open transaction ends up
@@ -56,9 +59,9 @@ const MAX_GROUPS: usize = 64;
 #[derive(Debug, Clone, PartialEq)]
 struct Group {
     seqs: RoaringTreemap,
-    /// Transaction ids (`xid8`, as integers) that were running when the seqs were found and have
-    /// not been seen to end since.
-    writers: BTreeSet<i64>,
+    /// The transactions that were running when the seqs were found and have not been seen to
+    /// end since.
+    writers: Writers,
 }
 
 /// The listener's place in the log. See the module documentation.
@@ -71,8 +74,94 @@ pub struct LogCursor {
     pending: Arc<RoaringTreemap>,
 }
 
-/// The running transactions of one snapshot.
-pub type Running = BTreeSet<i64>;
+/// The transactions running at one snapshot (ids as `xid8` integers): those listed in `xip`,
+/// and every id from `xmax` up to (not including) `next`, the next id to be assigned.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Running {
+    pub xip: BTreeSet<i64>,
+    pub xmax: i64,
+    pub next: i64,
+}
+
+impl Running {
+    /// True when transaction `xid` may still be running. Ids from `xmax` on count as running:
+    /// the writers we track were assigned before an earlier snapshot, so below `next`.
+    fn contains(&self, xid: i64) -> bool {
+        xid >= self.xmax || self.xip.contains(&xid)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.xip.is_empty() && self.next <= self.xmax
+    }
+}
+
+/// The transactions that may hold a group's seqs: a set of ids, and a range of ids
+/// (`from..to`) that were at or above some snapshot's `xmax`, kept as a range so that a
+/// transaction that burns many subtransaction ids costs no memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Writers {
+    xids: BTreeSet<i64>,
+    from: i64,
+    to: i64,
+}
+
+impl Writers {
+    fn of(running: &Running) -> Writers {
+        Writers {
+            xids: running.xip.clone(),
+            from: running.xmax,
+            to: running.next,
+        }
+        .normalized()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.xids.is_empty() && self.from >= self.to
+    }
+
+    /// True when some writer is not running any more.
+    fn any_ended(&self, running: &Running) -> bool {
+        if self.xids.iter().any(|&xid| !running.contains(xid)) {
+            return true;
+        }
+        // Ids of the range below the new `xmax` run only if they are in `xip`.
+        let end = self.to.min(running.xmax);
+        let listed = running.xip.range(self.from..end).count() as i64;
+        self.from < end && listed < end - self.from
+    }
+
+    /// Strikes off the writers that are not running any more.
+    fn keep_running(&mut self, running: &Running) {
+        self.xids.retain(|&xid| running.contains(xid));
+        let end = self.to.min(running.xmax);
+        if self.from < end {
+            self.xids.extend(running.xip.range(self.from..end));
+            self.from = end;
+        }
+        *self = std::mem::take(self).normalized();
+    }
+
+    /// Both groups' writers (the range becomes the span of both: only ever more writers).
+    fn merge(&mut self, other: Writers) {
+        self.xids.extend(other.xids);
+        if other.from < other.to {
+            if self.from < self.to {
+                self.from = self.from.min(other.from);
+                self.to = self.to.max(other.to);
+            } else {
+                (self.from, self.to) = (other.from, other.to);
+            }
+        }
+    }
+
+    /// An empty range is always `0..0`, so that equal writers compare equal.
+    fn normalized(mut self) -> Writers {
+        if self.from >= self.to {
+            (self.from, self.to) = (0, 0);
+        }
+        self
+    }
+}
 
 impl LogCursor {
     /// Takes in one read's new seqs (in increasing order, all above the cursor): moves the
@@ -96,7 +185,7 @@ impl LogCursor {
         *Arc::make_mut(&mut self.pending) |= &skipped;
         self.groups.push(Group {
             seqs: skipped,
-            writers: running.clone(),
+            writers: Writers::of(running),
         });
         self.compact();
     }
@@ -118,7 +207,7 @@ impl LogCursor {
         *Arc::make_mut(&mut self.pending) |= &seqs;
         self.groups.push(Group {
             seqs,
-            writers: running.clone(),
+            writers: Writers::of(running),
         });
         self.compact();
     }
@@ -128,7 +217,7 @@ impl LogCursor {
     pub fn to_probe(&self, running: &Running) -> Vec<(i64, i64)> {
         let mut seqs = RoaringTreemap::new();
         for group in &self.groups {
-            if !group.writers.is_subset(running) {
+            if group.writers.any_ended(running) {
                 seqs |= &group.seqs;
             }
         }
@@ -160,7 +249,7 @@ impl LogCursor {
     pub fn settle(&mut self, running: &Running) -> u64 {
         let mut given_up = RoaringTreemap::new();
         self.groups.retain_mut(|group| {
-            group.writers.retain(|xid| running.contains(xid));
+            group.writers.keep_running(running);
             if group.writers.is_empty() || group.seqs.is_empty() {
                 given_up |= &group.seqs;
                 false
@@ -200,7 +289,7 @@ impl LogCursor {
         while merged.len() > MAX_GROUPS {
             let oldest = merged.remove(0);
             merged[0].seqs |= oldest.seqs;
-            merged[0].writers.extend(oldest.writers);
+            merged[0].writers.merge(oldest.writers);
         }
         self.groups = merged;
     }
@@ -227,8 +316,53 @@ fn ranges(seqs: &RoaringTreemap) -> Vec<(i64, i64)> {
 mod tests {
     use super::*;
 
+    /// Running transactions all listed in `xip` (nobody above `xmax`).
     fn running(xids: &[i64]) -> Running {
-        xids.iter().copied().collect()
+        Running {
+            xip: xids.iter().copied().collect(),
+            xmax: 1 << 40,
+            next: 1 << 40,
+        }
+    }
+
+    fn snapshot(xip: &[i64], xmax: i64, next: i64) -> Running {
+        Running {
+            xip: xip.iter().copied().collect(),
+            xmax,
+            next,
+        }
+    }
+
+    #[test]
+    fn writers_above_xmax_are_waited_for() {
+        let mut log = LogCursor::default();
+        // Transaction 20 committed seq 2; 21 and 22 took their ids after it, above xmax.
+        log.advance(&[2], &snapshot(&[], 21, 23));
+        assert!(log.position().may_publish_later(1));
+        // Nothing ended yet (xmax moved because 23 ended; 21 and 22 are listed).
+        let now = snapshot(&[21, 22], 24, 24);
+        assert!(log.to_probe(&now).is_empty());
+        assert_eq!(log.settle(&now), 0);
+        // 21 ended: probe; 22 still running, so seq 1 stays pending.
+        let now = snapshot(&[22], 25, 25);
+        assert_eq!(log.to_probe(&now), vec![(1, 1)]);
+        assert_eq!(log.settle(&now), 0);
+        assert!(log.position().may_publish_later(1));
+        // 22 ended: probe once more, then give up.
+        let now = snapshot(&[], 25, 26);
+        assert_eq!(log.to_probe(&now), vec![(1, 1)]);
+        assert_eq!(log.settle(&now), 1);
+        assert_eq!(log.pending_len(), 0);
+    }
+
+    #[test]
+    fn a_huge_range_of_ids_costs_no_memory() {
+        let mut log = LogCursor::default();
+        log.advance(&[2], &snapshot(&[], 10, 10 + (1 << 40)));
+        let now = snapshot(&[], 1 << 30, 10 + (1 << 40));
+        assert_eq!(log.to_probe(&now), vec![(1, 1)]);
+        assert_eq!(log.settle(&now), 0);
+        assert_eq!(log.groups[0].writers.from, 1 << 30);
     }
 
     #[test]

@@ -233,6 +233,16 @@ impl Store {
 pub(crate) mod listener {
     use crate::log::event::EVENT_COLUMNS;
 
+    /// The statement snapshot's running transactions, as three columns: `running` (its `xip`),
+    /// `xmax`, and `next_xid`, the next id to be assigned, read after the snapshot was taken
+    /// (`age()` measures from it; the low 32 bits of `xmax` are always a normal id). Every id
+    /// from `xmax` to `next_xid` is running too: see `log::cursor`.
+    const RUNNING: &str = "\
+array(select x::text::bigint from pg_snapshot_xip(pg_current_snapshot()) as x) as running,
+       pg_snapshot_xmax(pg_current_snapshot())::text::bigint as xmax,
+       (select x + age((x % 4294967296)::text::xid)
+          from (select pg_snapshot_xmax(pg_current_snapshot())::text::bigint as x) as v) as next_xid";
+
     /// One read: a first row with the snapshot's running transactions (and the backend's
     /// pid), then up to `$2` rows after the cursor `$1`, all under the statement's one
     /// snapshot. Prepared once per connection: its plan, a primary-key range scan, never
@@ -243,11 +253,11 @@ pub(crate) mod listener {
 select null::bigint as seq, null::text as negocio_id, null::text as cita_id,
        null::text as action, null::text as estado, null::text as estado_anterior,
        null::text as ts, null::float8 as age_secs,
-       array(select x::text::bigint from pg_snapshot_xip(pg_current_snapshot()) as x) as running,
+       {RUNNING},
        pg_backend_pid() as pid
 union all
 (select {EVENT_COLUMNS},
-        extract(epoch from clock_timestamp() - e.created_at)::float8, null, null
+        extract(epoch from clock_timestamp() - e.created_at)::float8, null, null, null, null
    from citas_realtime.events e
   where e.seq > $1
   order by e.seq
@@ -283,27 +293,29 @@ select e.*
     /// (back to the last pruned seq), as ranges: each may belong to one of those transactions,
     /// however old, and still commit. One statement, so one snapshot. Without running
     /// transactions nothing below the start can still appear, and the log is not scanned.
-    pub(crate) const PRIME: &str = r#"
+    pub(crate) fn prime() -> String {
+        format!(
+            r#"
 with top as (
     select greatest(coalesce(max(seq), 0) - $1, 0) as start from citas_realtime.events
 ),
 floor as (select pruned_upto as seq from citas_realtime.retention),
-running as (
-    select array(select x::text::bigint from pg_snapshot_xip(pg_current_snapshot()) as x) as xs
-),
+snap as (select {RUNNING}),
 seqs as (
     select s.seq, lag(s.seq) over (order by s.seq) as prev
       from (select e.seq
               from citas_realtime.events e
-             where (select cardinality(xs) from running) > 0
+             where (select cardinality(running) > 0 or next_xid > xmax from snap)
                and e.seq <= (select start from top)
                and e.seq > (select seq from floor)
             union all select seq from floor where seq <= (select start from top)
             union all select start + 1 from top) as s
 )
 select (select start from top) as start,
-       (select xs from running) as running,
+       (select running from snap), (select xmax from snap), (select next_xid from snap),
        array(select prev + 1 from seqs where seq > prev + 1 order by seq) as los,
        array(select seq - 1 from seqs where seq > prev + 1 order by seq) as his
-"#;
+"#
+        )
+    }
 }

@@ -136,6 +136,37 @@ async fn out_of_order_commits_are_delivered_once() {
     assert_eq!(seqs, vec![logged[1], logged[0], logged[2]]);
 }
 
+/// The slow writer took its transaction id *after* the fast one, so a snapshot taken once
+/// the fast one committed does not list it among its running transactions (its id is at or
+/// above the snapshot's `xmax`): it is still waited for, and its event arrives live.
+#[tokio::test]
+async fn a_writer_younger_than_the_last_commit_is_waited_for() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut ws = app.subscriber(&["y"]).await;
+    let fast = connect(&db.url).await;
+    let slow = connect(&db.url).await;
+    // Fast gets its transaction id first, slow second; slow draws its seq first.
+    fast.batch_execute("begin; select pg_current_xact_id()")
+        .await
+        .unwrap();
+    slow.batch_execute("begin; insert into citas (negocio_id, cliente_id) values ('y', 'slow')")
+        .await
+        .unwrap();
+    fast.batch_execute("insert into citas (negocio_id, cliente_id) values ('y', 'fast'); commit")
+        .await
+        .unwrap();
+    let first = ws.events(1).await;
+    slow.batch_execute("commit").await.unwrap();
+    let second = ws.events(1).await;
+    let logged: Vec<i64> = db.logged("y").await.iter().map(|(s, _)| *s).collect();
+    assert_eq!(logged.len(), 2);
+    assert_eq!(
+        vec![brief(&first[0]).2, brief(&second[0]).2],
+        vec![logged[1], logged[0]]
+    );
+}
+
 /// PostgreSQL itself restarts under a connected client: /health follows, delivery resumes.
 #[tokio::test]
 async fn a_postgres_restart_is_survived() {

@@ -41,14 +41,15 @@ impl Reader<'_> {
         log: &mut LogCursor,
         started: Instant,
     ) -> Result<(), SessionError> {
+        let prime = sql::prime();
         let rows = timed(
             self.client
-                .query_typed(sql::PRIME, &[(&PRIME_WINDOW, Type::INT8)]),
+                .query_typed(&prime, &[(&PRIME_WINDOW, Type::INT8)]),
         )
         .await?;
         let row = rows.first().ok_or(SessionError::Closed)?;
         let start: i64 = row.try_get("start")?;
-        let running: Running = row.try_get::<_, Vec<i64>>("running")?.into_iter().collect();
+        let running = running_of(row)?;
         let lows: Vec<i64> = row.try_get("los")?;
         let highs: Vec<i64> = row.try_get("his")?;
         log.cursor = Some(start);
@@ -193,14 +194,13 @@ struct Read {
 impl Read {
     fn parse(rows: &[Row]) -> Result<Read, tokio_postgres::Error> {
         let mut read = Read {
-            running: Running::new(),
+            running: Running::default(),
             pid: 0,
             rows: Vec::with_capacity(rows.len()),
         };
         for row in rows {
             if row.try_get::<_, Option<i64>>("seq")?.is_none() {
-                let running: Vec<i64> = row.try_get("running")?;
-                read.running = running.into_iter().collect();
+                read.running = running_of(row)?;
                 read.pid = row.try_get("pid")?;
             } else {
                 read.rows.push(LogRow::from_row(row)?);
@@ -208,4 +208,13 @@ impl Read {
         }
         Ok(read)
     }
+}
+
+/// The running transactions of the row's snapshot (see `store::listener::RUNNING`).
+fn running_of(row: &Row) -> Result<Running, tokio_postgres::Error> {
+    Ok(Running {
+        xip: row.try_get::<_, Vec<i64>>("running")?.into_iter().collect(),
+        xmax: row.try_get("xmax")?,
+        next: row.try_get("next_xid")?,
+    })
 }
