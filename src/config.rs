@@ -266,18 +266,18 @@ fn duration(text: &str, var: &'static str, min_ms: u64) -> Result<Duration, Conf
 }
 
 /// `DATABASE_URL`, parsed, for commands that need only the database.
-pub fn database_from(value: &Option<String>) -> Result<DbConfig, ConfigError> {
+pub(crate) fn database_from(value: &Option<String>) -> Result<DbConfig, ConfigError> {
     let url = non_empty(value).ok_or(ConfigError::Missing("DATABASE_URL"))?;
     DbConfig::parse(url).map_err(|e| ConfigError::invalid("DATABASE_URL", e))
 }
 
 /// `JWT_SECRET`, for commands that sign or verify tokens.
-pub fn jwt_secret_from(value: &Option<String>) -> Result<&str, ConfigError> {
+pub(crate) fn jwt_secret_from(value: &Option<String>) -> Result<&str, ConfigError> {
     non_empty(value).ok_or(ConfigError::Missing("JWT_SECRET"))
 }
 
 /// A duration argument like `1h` (humantime), at least a second, named for errors.
-pub fn parse_duration(text: &str, var: &'static str) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_duration(text: &str, var: &'static str) -> Result<Duration, ConfigError> {
     duration(text, var, 1_000)
 }
 

@@ -67,61 +67,48 @@ impl TempPostgres {
             .tempdir()
             .context("cannot create a temporary directory")?
             .keep();
-        let cleanup_on_error = |e: anyhow::Error| {
-            let _ = std::fs::remove_dir_all(&root);
-            e
-        };
-        if let Some((uid, gid)) = owner {
-            nix::unistd::chown(&root, Some(uid), Some(gid))
-                .context("cannot give the temporary directory to the postgres user")
-                .map_err(cleanup_on_error)?;
-        }
         let data = root.join("data");
-        let mut initdb = Command::new(bindir.join("initdb"));
-        initdb
-            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
-            .args(["--locale=C", "-D"])
-            .arg(&data);
-        let out = as_owner(&mut initdb, owner, &root)
-            .output()
-            .context("cannot run initdb")
-            .map_err(cleanup_on_error)?;
-        if !out.status.success() {
+        let started = initdb(&bindir, owner, &root, &data)
+            .and_then(|()| TempPostgres::start_on_a_free_port(&bindir, owner, &root, &data));
+        if started.is_err() {
             let _ = std::fs::remove_dir_all(&root);
-            bail!(
-                "initdb failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
         }
+        started
+    }
 
+    /// Starts the cluster in `data` under its guardian, retrying when the port was taken.
+    fn start_on_a_free_port(
+        bindir: &Path,
+        owner: Owner,
+        root: &Path,
+        data: &Path,
+    ) -> anyhow::Result<TempPostgres> {
         let mut last_error = anyhow!("no attempt made");
         for _ in 0..5 {
-            let port = free_port().map_err(cleanup_on_error)?;
+            let port = free_port()?;
             let mut cmd = Command::new("sh");
             cmd.arg("-c")
                 .arg(GUARDIAN)
                 .arg("citas-realtime-pg")
-                .arg(&bindir)
-                .arg(&data)
+                .arg(bindir)
+                .arg(data)
                 .arg(port.to_string())
-                .arg(&root)
+                .arg(root)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .process_group(0);
-            let mut guardian = as_owner(&mut cmd, owner, &root)
+            let mut guardian = as_owner(&mut cmd, owner, root)
                 .spawn()
-                .context("cannot run sh")
-                .map_err(cleanup_on_error)?;
+                .context("cannot run sh")?;
             let (Some(commands), Some(replies)) = (guardian.stdin.take(), guardian.stdout.take())
             else {
                 bail!("guardian pipes missing");
             };
             let mut pg = TempPostgres {
                 port,
-                root: root.clone(),
-                bindir: bindir.clone(),
+                root: root.to_path_buf(),
+                bindir: bindir.to_path_buf(),
                 guardian,
                 commands: Some(commands),
                 replies: BufReader::new(replies),
@@ -272,6 +259,30 @@ impl Drop for TempPostgres {
             let _ = std::fs::remove_dir_all(&self.root);
         }
     }
+}
+
+/// A new cluster in `data` (under `root`, given to the server's user when we are root).
+fn initdb(bindir: &Path, owner: Owner, root: &Path, data: &Path) -> anyhow::Result<()> {
+    if let Some((uid, gid)) = owner {
+        nix::unistd::chown(root, Some(uid), Some(gid))
+            .context("cannot give the temporary directory to the postgres user")?;
+    }
+    let mut initdb = Command::new(bindir.join("initdb"));
+    initdb
+        .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
+        .args(["--locale=C", "-D"])
+        .arg(data);
+    let out = as_owner(&mut initdb, owner, root)
+        .output()
+        .context("cannot run initdb")?;
+    if !out.status.success() {
+        bail!(
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// Where the server binaries are: `$PG_BIN`, then `pg_config --bindir`, then the directory of

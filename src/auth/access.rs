@@ -108,7 +108,7 @@ pub struct Unavailable;
 
 /// Calls of the SQL hook (cache misses), and those that failed or timed out.
 #[derive(Debug, Default)]
-pub struct AccessCounters {
+pub(crate) struct AccessCounters {
     pub checks: AtomicU64,
     pub failures: AtomicU64,
 }

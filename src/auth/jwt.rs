@@ -294,12 +294,12 @@ pub fn grants_from_claims(claims: &Value) -> Grants {
 
 /// Integers beyond this lose digits in JavaScript and many JSON parsers (RFC 7493): such ids
 /// must come as strings.
-pub const MAX_EXACT_INTEGER: i64 = (1 << 53) - 1;
+pub(crate) const MAX_EXACT_INTEGER: i64 = (1 << 53) - 1;
 
 /// An id given as a non-empty string without NUL, or an integer that every JSON reader holds
 /// exactly (bigint ids; at most 2^53 - 1 in magnitude), as text. Floats (`1.0`, `1e29`) are
 /// not ids: their text is not the number the sender meant.
-pub fn id_text(v: &Value) -> Option<String> {
+pub(crate) fn id_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) if !s.is_empty() && !s.contains('\0') => Some(s.clone()),
         Value::Number(n) => n

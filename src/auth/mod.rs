@@ -2,7 +2,7 @@
 //! negocios (the token's grants, then an optional SQL hook).
 
 pub mod access;
-pub mod jwks;
+pub(crate) mod jwks;
 pub mod jwt;
 
 /// A secret that never prints (`JWT_SECRET`).

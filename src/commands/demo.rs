@@ -18,7 +18,7 @@ use pgtemp::TempPostgres;
 use secrecy::ExposeSecret;
 
 /// The demo's negocios (the names of the original design note).
-pub const NEGOCIOS: [&str; 2] = ["negocio_123", "negocio_456"];
+pub(crate) const NEGOCIOS: [&str; 2] = ["negocio_123", "negocio_456"];
 const ESTADOS: [&str; 4] = ["pendiente", "confirmada", "completada", "cancelada"];
 
 /// Runs the demo until Ctrl-C or SIGTERM.

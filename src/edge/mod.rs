@@ -1,7 +1,7 @@
 //! Where clients meet the server: HTTP ([`http`]: the accept loop and its limits, the
 //! endpoints, the dashboard page) and the WebSocket ([`ws`]).
 
-pub mod http;
+pub(crate) mod http;
 pub mod ws;
 
 use std::convert::Infallible;

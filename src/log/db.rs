@@ -28,11 +28,11 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Connection, Socket};
 
 /// `application_name` of the listener's connection, unless the URL sets one.
-pub const LISTENER_APPLICATION_NAME: &str = "citas-realtime-listener";
+pub(crate) const LISTENER_APPLICATION_NAME: &str = "citas-realtime-listener";
 
 /// The five libpq TLS modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
+pub(crate) enum SslMode {
     Disable,
     Prefer,
     Require,
@@ -84,7 +84,8 @@ pub struct DbConfig {
 }
 
 /// The connection half that must be polled for the client to make progress.
-pub type PgConnection = Connection<Socket, <MakeTlsConnector as MakeTlsConnect<Socket>>::Stream>;
+pub(crate) type PgConnection =
+    Connection<Socket, <MakeTlsConnector as MakeTlsConnect<Socket>>::Stream>;
 
 impl DbConfig {
     /// Parses a libpq URL (`postgres://user:pass@host:port/db?sslmode=...`) or keyword string
@@ -131,17 +132,17 @@ impl DbConfig {
         })
     }
 
-    pub fn ssl_mode(&self) -> SslMode {
+    pub(crate) fn ssl_mode(&self) -> SslMode {
         self.ssl_mode
     }
 
     /// True when TLS may be used without checking the server's certificate.
-    pub fn tls_unverified(&self) -> bool {
+    pub(crate) fn tls_unverified(&self) -> bool {
         matches!(self.ssl_mode, SslMode::Prefer | SslMode::Require) && self.root_cert.is_none()
     }
 
     /// Host and port, for logs.
-    pub fn host_display(&self) -> String {
+    pub(crate) fn host_display(&self) -> String {
         let hosts: Vec<String> = self
             .pg
             .get_hosts()
@@ -202,7 +203,7 @@ impl DbConfig {
     }
 
     /// Opens the listener's connection (see `name_listener`).
-    pub async fn connect_listener(&self) -> Result<(Client, PgConnection), ConnectError> {
+    pub(crate) async fn connect_listener(&self) -> Result<(Client, PgConnection), ConnectError> {
         let tls = self.tls_connector().map_err(ConnectError::Tls)?;
         let mut pg = self.pg.clone();
         if self.name_listener {
@@ -239,7 +240,7 @@ fn explain(error: &tokio_postgres::Error) -> String {
 }
 
 /// An error and its chain of sources, on one line.
-pub fn with_causes(error: &dyn std::error::Error) -> String {
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

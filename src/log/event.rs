@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 /// The most bytes of `cita_id`, `estado` and `estado_anterior` an event carries; longer values
 /// are cut (at a character boundary) and the event says so (`fields_truncated`). With this
 /// bound no event frame comes near what a socket's write buffer takes.
-pub const MAX_TEXT_BYTES: usize = 1024;
+pub(crate) const MAX_TEXT_BYTES: usize = 1024;
 
 /// What happened to the cita.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,17 +36,6 @@ impl Action {
             _ => return None,
         })
     }
-
-    /// The message `type` clients filter on: `cita_` + action.
-    pub fn message_type(self) -> &'static str {
-        match self {
-            Action::Created => "cita_created",
-            Action::Updated => "cita_updated",
-            Action::Deleted => "cita_deleted",
-            Action::StatusChanged => "cita_status_changed",
-            Action::Truncated => "resync",
-        }
-    }
 }
 
 /// One row of the event log.
@@ -65,14 +54,14 @@ pub struct Event {
 }
 
 /// The columns [`Event::from_row`] reads, for `select {EVENT_COLUMNS} from citas_realtime.events e`.
-pub const EVENT_COLUMNS: &str = "e.seq, e.negocio_id, e.cita_id, e.action, e.estado, \
+pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.negocio_id, e.cita_id, e.action, e.estado, \
      e.estado_anterior, \
      to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') as ts";
 
 impl Event {
     /// Reads a row selected with [`EVENT_COLUMNS`]; `None` (logged) for an action this version
     /// does not know, so that one odd row never stops delivery.
-    pub fn from_row(row: &Row) -> Result<Option<Event>, tokio_postgres::Error> {
+    pub(crate) fn from_row(row: &Row) -> Result<Option<Event>, tokio_postgres::Error> {
         let seq: i64 = row.try_get("seq")?;
         let action: String = row.try_get("action")?;
         let Some(action) = Action::parse(&action) else {
@@ -141,7 +130,7 @@ pub struct Announcement {
 
 impl Announcement {
     /// Longest payload PostgreSQL delivers (its limit is 8000 bytes).
-    pub const MAX_PAYLOAD: usize = 8000;
+    pub(crate) const MAX_PAYLOAD: usize = 8000;
 
     pub fn parse(payload: &str) -> Result<Announcement, NotAnAnnouncement> {
         if payload.len() > Self::MAX_PAYLOAD {

@@ -13,7 +13,7 @@ pub const SQL_VERSION: i32 = 5;
 
 /// Applies one of our SQL files. They hold their own BEGIN/COMMIT; after a failure the session
 /// is left in an aborted transaction, which is rolled back here.
-pub async fn apply(
+pub(crate) async fn apply(
     client: &tokio_postgres::Client,
     sql: &str,
 ) -> Result<(), tokio_postgres::Error> {

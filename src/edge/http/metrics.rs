@@ -15,7 +15,7 @@ use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
 
 use crate::auth::access::Access;
-use crate::edge::http::serve::HttpCounters;
+use crate::edge::http::counters::HttpCounters;
 use crate::fanout::hub::Hub;
 use crate::fanout::stats::Stats;
 use crate::log::status::{ListenerStatus, LAG_BUCKETS};

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use crate::edge::http::serve::HttpCounters;
+use crate::edge::http::counters::HttpCounters;
 
 /// The pending connections, oldest first, each with the token that evicts it.
 #[derive(Debug, Default)]

@@ -20,7 +20,7 @@ pub mod protocol;
 pub(crate) mod replay;
 pub(crate) mod session;
 pub(crate) mod transport;
-pub mod upgrade;
+pub(crate) mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,7 +16,7 @@
 //!
 //! # Failure handling
 //!
-//! Any error (connection lost, query failure, a read that takes longer than [`QUERY_TIMEOUT`])
+//! Any error (connection lost, query failure, a read that takes longer than [`reader::QUERY_TIMEOUT`])
 //! ends the session; the listener reports itself down on `/health` and reconnects with capped,
 //! jittered exponential backoff. A read every [`POLL_INTERVAL`] even without notifications
 //! resolves gaps and proves the connection alive; TCP keepalives (see [`crate::log::db`]) catch a
@@ -41,7 +41,6 @@ use crate::log::status::{
 };
 use connection::Connection;
 use reader::{prepare_read, Reader};
-pub use reader::{QUERY_TIMEOUT, READ_BATCH};
 
 /// Read even when no notification came: resolves gaps, and detects a dead connection.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);

@@ -39,9 +39,8 @@ struct Frame {
 /// Serves clients on `bind` until the control connection closes; `threads` write the frames.
 pub async fn serve(bind: SocketAddr, negocios: usize, threads: usize) -> anyhow::Result<()> {
     let listener = TcpListener::bind(bind).await?;
-    let registry: Registry = Arc::new(RwLock::new(
-        (0..negocios.max(1)).map(|_| Vec::new()).collect(),
-    ));
+    let negocios = negocios.max(1);
+    let registry: Registry = Arc::new(RwLock::new((0..negocios).map(|_| Vec::new()).collect()));
     let writers: Vec<mpsc::Sender<Arc<Frame>>> = (0..threads.max(1))
         .map(|t| {
             let (tx, rx) = mpsc::channel::<Arc<Frame>>();
@@ -62,64 +61,81 @@ pub async fn serve(bind: SocketAddr, negocios: usize, threads: usize) -> anyhow:
         let done = done_tx.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            let mut path = String::new();
-            // tungstenite's callback type, not ours, has the large error.
-            #[allow(clippy::result_large_err)]
-            let callback = |req: &Request, resp: Response| {
-                path = req.uri().path().to_string();
-                Ok(resp)
-            };
-            let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
-            let Ok(mut ws) =
-                tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
-                    .await
-            else {
+            let Some((ws, path)) = handshake(stream).await else {
                 return;
             };
             if path == CONTROL_PATH {
-                // Each text message is an event index: frame it once per negocio, hand it on.
-                while let Some(Ok(msg)) = ws.next().await {
-                    let Ok(index) = msg.to_text().unwrap_or_default().parse::<u64>() else {
-                        continue;
-                    };
-                    let negocio = (index % negocios.max(1) as u64) as usize;
-                    let frame = Arc::new(Frame {
-                        negocio,
-                        bytes: encode(&event_json(index, negocio)),
-                    });
-                    for w in &writers {
-                        let _ = w.send(frame.clone());
-                    }
-                }
+                control(ws, negocios, &writers).await;
                 let _ = done.send(()).await;
-                return;
-            }
-            // A client: its first message is `subscribe` to `estadisticas:n<K>`.
-            let Some(Ok(Message::Text(text))) = ws.next().await else {
-                return;
-            };
-            let Ok(sub) = serde_json::from_str::<serde_json::Value>(&text) else {
-                return;
-            };
-            let channel = sub["channel"].as_str().unwrap_or_default().to_string();
-            let Some(negocio) = channel
-                .strip_prefix("estadisticas:n")
-                .and_then(|n| n.parse::<usize>().ok())
-                .filter(|n| *n < negocios.max(1))
-            else {
-                return;
-            };
-            let reply = serde_json::json!({"type": "subscribed", "channel": channel});
-            if ws.send(Message::text(reply.to_string())).await.is_err() {
-                return;
-            }
-            let Ok(tcp) = ws.into_inner().into_std() else {
-                return;
-            };
-            if let Ok(mut registry) = registry.write() {
-                registry[negocio].push(tcp);
+            } else {
+                subscriber(ws, negocios, &registry).await;
             }
         });
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// The WebSocket handshake, and the path the client asked for.
+async fn handshake(stream: tokio::net::TcpStream) -> Option<(Socket, String)> {
+    let mut path = String::new();
+    // tungstenite's callback type, not ours, has the large error.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| {
+        path = req.uri().path().to_string();
+        Ok(resp)
+    };
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
+        .await
+        .ok()?;
+    Some((ws, path))
+}
+
+/// The generator's control connection: each text message is an event index; frame it once
+/// per negocio and hand it to every writer thread. Returns when the connection closes.
+async fn control(mut ws: Socket, negocios: usize, writers: &[mpsc::Sender<Arc<Frame>>]) {
+    while let Some(Ok(msg)) = ws.next().await {
+        let Ok(index) = msg.to_text().unwrap_or_default().parse::<u64>() else {
+            continue;
+        };
+        let negocio = (index % negocios as u64) as usize;
+        let frame = Arc::new(Frame {
+            negocio,
+            bytes: encode(&event_json(index, negocio)),
+        });
+        for w in writers {
+            let _ = w.send(frame.clone());
+        }
+    }
+}
+
+/// A client: its first message is `subscribe` to `estadisticas:n<K>`; answered, its socket is
+/// taken out of tokio into the registry.
+async fn subscriber(mut ws: Socket, negocios: usize, registry: &Registry) {
+    let Some(Ok(Message::Text(text))) = ws.next().await else {
+        return;
+    };
+    let Ok(sub) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    let channel = sub["channel"].as_str().unwrap_or_default().to_string();
+    let Some(negocio) = channel
+        .strip_prefix("estadisticas:n")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n < negocios)
+    else {
+        return;
+    };
+    let reply = serde_json::json!({"type": "subscribed", "channel": channel});
+    if ws.send(Message::text(reply.to_string())).await.is_err() {
+        return;
+    }
+    let Ok(tcp) = ws.into_inner().into_std() else {
+        return;
+    };
+    if let Ok(mut registry) = registry.write() {
+        registry[negocio].push(tcp);
     }
 }
 
