@@ -21,17 +21,13 @@
 --
 -- Access: nothing here is granted to PUBLIC or to Supabase's API roles (anon, authenticated).
 -- install.sql creates the group role citas_realtime_reader with exactly what the server needs
--- (read the log, call prune(), version(), estadisticas() and notify_cita()); grant it to the server's login role. Row-level
--- security is enabled on our tables, with a read policy for that role only.
+-- (read the log, call prune(), version(), estadisticas() and notify_cita()); grant it to the
+-- server's login role. Row-level security is enabled on our tables, with a read policy for that
+-- role only.
 --
--- Versions: 1 (first release); 2 adds TRUNCATE announcements, citas_realtime_reader and
--- row-level security; 3 adds notify_cita() (behind the server's POST /notify/cita); 4 makes
--- capture() cheaper (no RETURNING or aggregates; the NOTIFY payload is
--- {"last_seq","count","action"}); 5 bounds what a row can put in the log (negocio_id cut to 257
--- characters, cita_id and estados to 1025) and takes negocio_id out of notify_cita()'s
--- notification. Running
--- this file over an older version upgrades it in place: one transaction, writers wait for its
--- locks for a moment and never fail, no event is lost.
+-- Version: 5 (select citas_realtime.version()). Running this file over an older install (1 to
+-- 4) upgrades it in place: one transaction, writers wait for its locks for a moment and never
+-- fail, no event is lost. What each version changed is in docs/sql.md.
 --
 -- Requires PostgreSQL 14 or later (CREATE OR REPLACE TRIGGER, pg_current_snapshot()), and an
 -- installing role that may create roles (Supabase's postgres may), unless
@@ -201,8 +197,8 @@ declare
 begin
     -- Each branch is ONE plain INSERT ... SELECT, counted with GET DIAGNOSTICS: no RETURNING
     -- and no aggregate over what was written. Most writers commit one row at a time, and for
-    -- them the statement's fixed costs are the trigger's cost: version 3's RETURNING + seven
-    -- aggregates were a fifth of a single-row commit's instructions (callgrind, BENCHMARKS.md).
+    -- them the statement's fixed costs are the trigger's cost: a RETURNING and aggregates over
+    -- it cost a fifth of a single-row commit's instructions (callgrind, BENCHMARKS.md).
     -- What a row puts in the log is bounded: negocio_id is cut to 257 characters (longer than
     -- any channel can name, 256 bytes, so a cut id reaches nobody and can never equal a real
     -- one), cita_id and the estados to 1025 characters (the server sends at most 1024 bytes of
@@ -263,8 +259,8 @@ begin
                left(e.estado_anterior, 1025)
         from (
             -- One SELECT per kind of event, not a LATERAL VALUES list: PostgreSQL builds a
-            -- VALUES list's expressions anew for every outer row, which was a fifth of a bulk
-            -- UPDATE's instructions (callgrind).
+            -- VALUES list's expressions anew for every outer row, a fifth of a bulk UPDATE's
+            -- instructions (callgrind).
             select coalesce(p.new_id, p.old_id) as k, 1 as ord, p.old_neg as negocio_id,
                    p.old_id as cita_id, 'deleted' as action, p.old_estado as estado,
                    null::text as estado_anterior
