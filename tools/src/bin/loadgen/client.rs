@@ -55,6 +55,7 @@ pub(crate) async fn connect_all(
             server,
             source: IpAddr::V4(Ipv4Addr::new(127, 0, 0, last_octet)),
             negocio: format!("n{}", i % args.negocios),
+            sub: format!("loadgen-{i}"),
             stats: args.stats,
         };
         let (clock, ready, stop) = (clock.clone(), ready_tx.clone(), stop.clone());
@@ -110,6 +111,8 @@ struct ClientSpec {
     server: SocketAddr,
     source: IpAddr,
     negocio: String,
+    /// Each client is its own user: the server limits connections per subject.
+    sub: String,
     /// Ask for statistics snapshots.
     stats: bool,
 }
@@ -162,7 +165,7 @@ async fn subscribe(spec: &ClientSpec) -> Option<WebSocketStream<TcpStream>> {
     let _ = stream.set_nodelay(true);
     let token = citas_realtime::auth::jwt::mint_token(
         &citas_realtime::auth::SecretString::from(SECRET),
-        json!({"negocio_id": spec.negocio}),
+        json!({"negocio_id": spec.negocio, "sub": spec.sub}),
         Duration::from_secs(3600),
     )
     .unwrap_or_default();
