@@ -45,7 +45,7 @@ pub(crate) async fn connect_all(
     clock: &Arc<Clock>,
 ) -> anyhow::Result<Clients> {
     let started = Instant::now();
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(args.clients.max(1));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<bool>(args.clients.max(1));
     let stop = CancellationToken::new();
     let counters: Vec<Arc<AtomicU64>> = (0..args.clients).map(|_| Arc::default()).collect();
     let mut handles = Vec::with_capacity(args.clients);
@@ -66,8 +66,9 @@ pub(crate) async fn connect_all(
     }
     drop(ready_tx);
     for _ in 0..args.clients {
-        if ready_rx.recv().await.is_none() {
-            anyhow::bail!("a client failed to connect");
+        if ready_rx.recv().await != Some(true) {
+            stop.cancel();
+            anyhow::bail!("a client failed to connect and subscribe after {CONNECT_ATTEMPTS} attempts");
         }
     }
     Ok(Clients {
@@ -120,14 +121,16 @@ struct ClientSpec {
 async fn client(
     spec: ClientSpec,
     clock: Arc<Clock>,
-    ready: tokio::sync::mpsc::Sender<()>,
+    ready: tokio::sync::mpsc::Sender<bool>,
     stop: CancellationToken,
     counter: Arc<AtomicU64>,
 ) -> ClientResult {
     let mut result = ClientResult::default();
-    let Some(mut ws) = subscribe(&spec).await else {
+    let Some(mut ws) = subscribe_with_retries(&spec).await else {
+        let _ = ready.send(false).await;
         return result;
     };
+    let _ = ready.send(true).await;
     let mut seen = std::collections::HashSet::new();
     loop {
         tokio::select! {
@@ -141,9 +144,6 @@ async fn client(
                 // Borrowed fields only: the generator must not be what limits the figures.
                 let Ok(v) = serde_json::from_str::<Wire>(&text) else { continue };
                 match v.kind {
-                    "subscribed" => {
-                        let _ = ready.send(()).await;
-                    }
                     "estadisticas" => result.snapshots += 1,
                     t if t.starts_with("cita_") => {
                         counter.fetch_add(1, Ordering::Relaxed);
@@ -157,7 +157,22 @@ async fn client(
     result
 }
 
-/// Connects from the spec's source address and sends its `subscribe`.
+/// Attempts per client: a burst of thousands of connections can be shed by the server (its
+/// pending-connection limit evicts sockets that have not sent their request yet), and a real
+/// client reconnects.
+const CONNECT_ATTEMPTS: u32 = 5;
+
+async fn subscribe_with_retries(spec: &ClientSpec) -> Option<WebSocketStream<TcpStream>> {
+    for attempt in 0..CONNECT_ATTEMPTS {
+        if let Some(ws) = subscribe(spec).await {
+            return Some(ws);
+        }
+        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+    }
+    None
+}
+
+/// Connects from the spec's source address, sends its `subscribe` and waits for the answer.
 async fn subscribe(spec: &ClientSpec) -> Option<WebSocketStream<TcpStream>> {
     let socket = TcpSocket::new_v4().ok()?;
     let _ = socket.bind(SocketAddr::new(spec.source, 0));
@@ -180,7 +195,16 @@ async fn subscribe(spec: &ClientSpec) -> Option<WebSocketStream<TcpStream>> {
     let channel = format!("estadisticas:{}", spec.negocio);
     let sub = json!({"type": "subscribe", "channel": channel, "stats": spec.stats});
     ws.send(Message::text(sub.to_string())).await.ok()?;
-    Some(ws)
+    let subscribed = async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.to_text().is_ok_and(|text| text.contains(r#""type":"subscribed""#)) {
+                return true;
+            }
+        }
+        false
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(30), subscribed).await;
+    answered.unwrap_or(false).then_some(ws)
 }
 
 /// Counts one event that arrived at `now` (µs since the clock's epoch).
