@@ -25,8 +25,8 @@
 -- server's login role. Row-level security is enabled on our tables, with a read policy for that
 -- role only.
 --
--- Version: 5 (select citas_realtime.version()). Running this file over an older install (1 to
--- 4) upgrades it in place: one transaction, writers wait for its locks for a moment and never
+-- Version: 6 (select citas_realtime.version()). Running this file over an older install (1 to
+-- 5) upgrades it in place: one transaction, writers wait for its locks for a moment and never
 -- fail, no event is lost. What each version changed is in docs/sql.md.
 --
 -- Requires PostgreSQL 14 or later (CREATE OR REPLACE TRIGGER, pg_current_snapshot()), and an
@@ -109,6 +109,12 @@ create table if not exists citas_realtime.events (
     estado_anterior text,                   -- status_changed only: the estado before
     created_at      timestamptz not null default clock_timestamp()
 );
+-- Records (see set_record_columns() below): the chosen columns after and before the change,
+-- and whether one was over 8 KiB and left out. Null while records are off.
+alter table citas_realtime.events
+    add column if not exists record           jsonb,
+    add column if not exists old_record       jsonb,
+    add column if not exists record_truncated boolean;
 comment on table citas_realtime.events is
     'citas-realtime: one row per change of a cita, written by the triggers on public.citas';
 revoke all on citas_realtime.events from public;
@@ -164,7 +170,7 @@ revoke all on function citas_realtime.prune(interval) from public;
 -- The installed version, for `citas-realtime check` and for upgrades.
 create or replace function citas_realtime.version() returns integer
     language sql immutable parallel safe
-    as $$ select 5 $$;
+    as $$ select 6 $$;
 
 -- capture() reads the log's identity sequence by name (currval): make sure it is that one.
 do $seq$
@@ -178,11 +184,65 @@ begin
 end
 $seq$;
 
--- The trigger function, shared by the INSERT, UPDATE and DELETE statement triggers.
+-- Records: the chosen columns of the changed cita, carried by its events (`record`,
+-- `old_record`). Off by default; a DBA chooses the columns with set_record_columns() and every
+-- subscriber of a negocio then receives them. The choice lives here and survives upgrades.
+create table if not exists citas_realtime.settings (
+    id             boolean primary key default true check (id),
+    record_columns text[]  not null default '{}'
+);
+insert into citas_realtime.settings (id) values (true) on conflict do nothing;
+revoke all on citas_realtime.settings from public;
+
+-- The chosen columns ('{}' when records are off).
+create or replace function citas_realtime.record_columns() returns text[]
+    language sql stable
+    security definer
+    set search_path = pg_catalog, pg_temp
+    as $$ select record_columns from citas_realtime.settings $$;
+
+-- The old values of the chosen columns that an UPDATE changed ('{}' when none did).
+create or replace function citas_realtime.changed_fields(old_rec jsonb, new_rec jsonb)
+    returns jsonb
+    language sql immutable parallel safe
+    set search_path = pg_catalog, pg_temp
+    as $$
+        select coalesce(jsonb_object_agg(o.key, o.value), '{}'::jsonb)
+        from jsonb_each(old_rec) as o
+        where o.value is distinct from new_rec -> o.key
+    $$;
+revoke all on function citas_realtime.changed_fields(jsonb, jsonb) from public;
+
+-- Writes capture(), the trigger function shared by the four statement triggers, for the chosen
+-- record columns. With none, capture() is exactly the code below with every %N$s empty (and
+-- the transition tables as their own sources): records cost writers nothing until chosen, and
+-- then only the chosen columns. Column names are validated by set_record_columns() and
+-- quoted here; no SQL is ever built from row data.
 --
--- SECURITY DEFINER: writers (an API role, a batch job's role) need no right on our schema; the
--- function runs with the installer's rights. search_path is pinned and every name is qualified,
--- and no SQL is built from row data, so a writer cannot make it run anything else.
+-- capture() is SECURITY DEFINER: writers (an API role, a batch job's role) need no right on our
+-- schema; it runs with the installer's rights. search_path is pinned and every name is
+-- qualified, so a writer cannot make it run anything else.
+create or replace function citas_realtime.build_capture(cols text[]) returns void
+    language plpgsql
+    set search_path = pg_catalog, pg_temp
+as $build$
+declare
+    on_  boolean := cardinality(cols) > 0;
+    -- The chosen columns as a jsonb object, of the row aliased r, o (old) and n (new).
+    rec  text;
+    rec_o text;
+    rec_n text;
+    -- A record over 8 KiB is not logged: null, and record_truncated.
+    max_bytes constant int := 8192;
+begin
+    if on_ then
+        select 'jsonb_build_object(' || string_agg(format('%L, r.%I', col, col), ', ' order by ord) || ')',
+               'jsonb_build_object(' || string_agg(format('%L, o.%I', col, col), ', ' order by ord) || ')',
+               'jsonb_build_object(' || string_agg(format('%L, n.%I', col, col), ', ' order by ord) || ')'
+          into rec, rec_o, rec_n
+          from unnest(cols) with ordinality as u(col, ord);
+    end if;
+    execute format($tpl$
 create or replace function citas_realtime.capture() returns trigger
     language plpgsql
     security definer
@@ -212,18 +272,18 @@ begin
         get diagnostics n_events = row_count;
         kind := 'truncated';
     elsif tg_op = 'INSERT' then
-        insert into citas_realtime.events (negocio_id, cita_id, action, estado)
+        insert into citas_realtime.events (negocio_id, cita_id, action, estado%1$s)
         select left(r.negocio_id::text, 257), coalesce(left(r.id::text, 1025), ''), 'created',
-               left(r.estado::text, 1025)
-        from citas_realtime_new r
+               left(r.estado::text, 1025)%2$s
+        from %3$s
         where r.negocio_id is not null;
         get diagnostics n_events = row_count;
         kind := 'created';
     elsif tg_op = 'DELETE' then
-        insert into citas_realtime.events (negocio_id, cita_id, action, estado)
+        insert into citas_realtime.events (negocio_id, cita_id, action, estado%4$s)
         select left(r.negocio_id::text, 257), coalesce(left(r.id::text, 1025), ''), 'deleted',
-               left(r.estado::text, 1025)
-        from citas_realtime_old r
+               left(r.estado::text, 1025)%2$s
+        from %5$s
         where r.negocio_id is not null;
         get diagnostics n_events = row_count;
         kind := 'deleted';
@@ -246,45 +306,45 @@ begin
                    -- (CASE evaluates lazily): to_jsonb of two rows is the costly part.
                    case when o.estado::text is distinct from n.estado::text
                           or o.negocio_id::text is distinct from n.negocio_id::text then true
-                        else to_jsonb(o) is distinct from to_jsonb(n) end as changed
+                        else to_jsonb(o) is distinct from to_jsonb(n) end as changed%6$s
             -- The marker has the same (unlikely) name on both sides, so the whole-row comparison
             -- below still sees equal rows as equal.
             from (select true as citas_realtime_present, r.* from citas_realtime_old r) o
             full join (select true as citas_realtime_present, r.* from citas_realtime_new r) n
               on o.id = n.id
         )
-        insert into citas_realtime.events (negocio_id, cita_id, action, estado, estado_anterior)
+        insert into citas_realtime.events (negocio_id, cita_id, action, estado, estado_anterior%7$s)
         select left(e.negocio_id, 257), coalesce(left(e.cita_id, 1025), ''), e.action,
                left(e.estado, 1025),
-               left(e.estado_anterior, 1025)
-        from (
+               left(e.estado_anterior, 1025)%8$s
+        from %9$s(
             -- One SELECT per kind of event, not a LATERAL VALUES list: PostgreSQL builds a
             -- VALUES list's expressions anew for every outer row, a fifth of a bulk UPDATE's
             -- instructions (callgrind).
             select coalesce(p.new_id, p.old_id) as k, 1 as ord, p.old_neg as negocio_id,
                    p.old_id as cita_id, 'deleted' as action, p.old_estado as estado,
-                   null::text as estado_anterior
+                   null::text as estado_anterior%10$s
             from pairs p
             where p.has_old and p.old_neg is not null
               and (p.has_new is null or p.old_neg is distinct from p.new_neg)
             union all
             select coalesce(p.new_id, p.old_id), 2, p.new_neg, p.new_id, 'created', p.new_estado,
-                   null
+                   null%11$s
             from pairs p
             where p.has_new and p.new_neg is not null
               and (p.has_old is null or p.old_neg is distinct from p.new_neg)
             union all
-            select p.new_id, 3, p.new_neg, p.new_id, 'status_changed', p.new_estado, p.old_estado
+            select p.new_id, 3, p.new_neg, p.new_id, 'status_changed', p.new_estado, p.old_estado%12$s
             from pairs p
             where p.has_old and p.has_new and p.old_neg = p.new_neg
               and p.old_estado is distinct from p.new_estado
             union all
-            select p.new_id, 4, p.new_neg, p.new_id, 'updated', p.new_estado, null
+            select p.new_id, 4, p.new_neg, p.new_id, 'updated', p.new_estado, null%12$s
             from pairs p
             where p.has_old and p.has_new and p.old_neg = p.new_neg
               and p.old_estado is not distinct from p.new_estado
               and p.changed
-        ) as e
+        ) as e%13$s
         order by e.k, e.ord;
         get diagnostics n_events = row_count;
         kind := null;  -- an UPDATE can write several kinds
@@ -305,7 +365,106 @@ begin
     return null;
 end
 $fn$;
-revoke all on function citas_realtime.capture() from public;
+$tpl$,
+        -- 1, 2, 3: INSERT's extra columns, values and source.
+        case when on_ then ', record, record_truncated' else '' end,
+        case when on_ then format(', case when r.citas_realtime_len <= %s then r.citas_realtime_rec end, '
+                                  'nullif(r.citas_realtime_len > %s, false)', max_bytes, max_bytes)
+             else '' end,
+        case when on_ then format('(select r.*, octet_length(r.citas_realtime_rec::text) as citas_realtime_len '
+                                  'from (select r.*, %s as citas_realtime_rec from citas_realtime_new r offset 0) r '
+                                  'offset 0) r', rec)
+             else 'citas_realtime_new r' end,
+        -- 4, 5: DELETE's extra columns and source (its values are 2's).
+        case when on_ then ', old_record, record_truncated' else '' end,
+        case when on_ then format('(select r.*, octet_length(r.citas_realtime_rec::text) as citas_realtime_len '
+                                  'from (select r.*, %s as citas_realtime_rec from citas_realtime_old r offset 0) r '
+                                  'offset 0) r', rec)
+             else 'citas_realtime_old r' end,
+        -- 6: UPDATE's pairs carry both sides' records.
+        case when on_ then format(E',\n                   case when o.citas_realtime_present then %s end as old_rec,\n'
+                                  '                   case when n.citas_realtime_present then %s end as new_rec',
+                                  rec_o, rec_n)
+             else '' end,
+        -- 7, 8, 9, 13: UPDATE's extra columns, values, and the sizes measured once per event.
+        case when on_ then ', record, old_record, record_truncated' else '' end,
+        case when on_ then format(', case when coalesce(e.rec_len, 0) <= %1$s then e.rec end, '
+                                  'case when coalesce(e.old_len, 0) <= %1$s then e.old_rec end, '
+                                  'nullif(coalesce(e.rec_len, 0) > %1$s or coalesce(e.old_len, 0) > %1$s, false)',
+                                  max_bytes)
+             else '' end,
+        case when on_ then '(select e.*, octet_length(e.rec::text) as rec_len, '
+                           'octet_length(e.old_rec::text) as old_len from ' else '' end,
+        -- 10, 11, 12: each kind of UPDATE event's record and old_record.
+        case when on_ then ', null::jsonb as rec, p.old_rec as old_rec' else '' end,
+        case when on_ then ', p.new_rec, null::jsonb' else '' end,
+        case when on_ then ', p.new_rec, citas_realtime.changed_fields(p.old_rec, p.new_rec)' else '' end,
+        case when on_ then ' offset 0) as e' else '' end);
+    execute 'revoke all on function citas_realtime.capture() from public';
+end
+$build$;
+revoke all on function citas_realtime.build_capture(text[]) from public;
+
+-- Chooses the record columns (array[]::text[] turns records off) and rewrites capture() at
+-- once: each statement's events have the records of the choice it saw, never half. Each
+-- column must exist in public.citas. A guard function refers to them, so that PostgreSQL
+-- refuses to drop a chosen column (choose again first): capture() names them, and a missing
+-- column would make writers' changes fail. Returns the columns chosen.
+create or replace function citas_realtime.set_record_columns(cols text[]) returns text[]
+    language plpgsql
+    set search_path = pg_catalog, pg_temp
+as $fn$
+declare
+    unknown text;
+    guard   text;
+begin
+    if cols is null or array_position(cols, null) is not null then
+        raise exception 'citas_realtime.set_record_columns: columns must not be null'
+            using errcode = 'invalid_parameter_value',
+                  hint = 'Pass array[]::text[] to turn records off.';
+    end if;
+    select string_agg(quote_ident(c), ', ') into unknown
+    from unnest(cols) as c
+    where not exists (
+        select 1 from pg_catalog.pg_attribute a
+        where a.attrelid = 'public.citas'::regclass and a.attname = c
+          and a.attnum > 0 and not a.attisdropped);
+    if unknown is not null then
+        raise exception 'citas_realtime.set_record_columns: public.citas has no column %', unknown
+            using errcode = 'undefined_column';
+    end if;
+    if cardinality(cols) <> (select count(distinct c) from unnest(cols) as c) then
+        raise exception 'citas_realtime.set_record_columns: a column is named twice'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if cardinality(cols) > 50 then
+        raise exception 'citas_realtime.set_record_columns: at most 50 columns (got %)',
+            cardinality(cols)
+            using errcode = 'invalid_parameter_value';
+    end if;
+    -- Serialize choosers: the last one's choice is both stored and compiled.
+    perform 1 from citas_realtime.settings for update;
+    update citas_realtime.settings set record_columns = cols;
+    perform citas_realtime.build_capture(cols);
+    drop function if exists citas_realtime.record_columns_guard(public.citas);
+    if cardinality(cols) > 0 then
+        select string_agg(format('r.%I', c), ', ') into guard from unnest(cols) as c;
+        execute format('create function citas_realtime.record_columns_guard(r public.citas) '
+                       'returns text language sql immutable begin atomic select concat_ws('','', %s); end',
+                       guard);
+        execute 'revoke all on function citas_realtime.record_columns_guard(public.citas) from public';
+        execute 'comment on function citas_realtime.record_columns_guard(public.citas) is '
+                || quote_literal('citas-realtime: keeps the record columns (' || array_to_string(cols, ', ')
+                || ') from being dropped; choose other columns with citas_realtime.set_record_columns() first');
+    end if;
+    return cols;
+end
+$fn$;
+revoke all on function citas_realtime.set_record_columns(text[]) from public;
+
+-- capture(), for the stored choice: an upgrade keeps the DBA's record columns.
+select citas_realtime.set_record_columns(record_columns) from citas_realtime.settings;
+
 
 -- An event announced by an application instead of a trigger: what the old design's REST API
 -- posted to /notify/cita. The server's POST /notify/cita (service tokens only) calls it, so the
@@ -420,11 +579,13 @@ revoke all on function citas_realtime.version() from public;
 grant usage on schema citas_realtime to citas_realtime_reader;
 grant select on citas_realtime.events, citas_realtime.retention to citas_realtime_reader;
 grant execute on function citas_realtime.version(), citas_realtime.prune(interval),
+    citas_realtime.record_columns(),
     citas_realtime.estadisticas(text), citas_realtime.notify_cita(text, text, text, text)
     to citas_realtime_reader;
 
 alter table citas_realtime.events enable row level security;
 alter table citas_realtime.retention enable row level security;
+alter table citas_realtime.settings enable row level security;
 drop policy if exists citas_realtime_reader_read on citas_realtime.events;
 create policy citas_realtime_reader_read on citas_realtime.events
     for select to citas_realtime_reader using (true);

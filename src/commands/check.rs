@@ -135,6 +135,7 @@ async fn database(r: &mut Report, db: &DbConfig, hook: Option<&HookSettings>) {
     tls(r, db, &client).await;
     listen(r, db, &client, &mut notified).await;
     installed(r, &client, &user).await;
+    records(r, &client).await;
     if let Some(hook) = hook {
         access_hook(r, &client, &user, hook).await;
     }
@@ -333,6 +334,26 @@ async fn installed(r: &mut Report, client: &tokio_postgres::Client, user: &str) 
                 error
             ),
         ),
+    }
+}
+
+/// The record columns events carry (`citas_realtime.set_record_columns`): every subscriber of
+/// a negocio receives them.
+async fn records(r: &mut Report, client: &tokio_postgres::Client) {
+    match one_row(client, "select citas_realtime.record_columns()", &[]).await {
+        Ok(row) => match row.try_get::<_, Vec<String>>(0) {
+            Ok(columns) if columns.is_empty() => r.ok("records", "off (events carry no row data)"),
+            Ok(columns) => r.ok(
+                "records",
+                format!(
+                    "events carry {} of each cita to every subscriber of its negocio",
+                    columns.join(", ")
+                ),
+            ),
+            Err(error) => r.fail("records", error),
+        },
+        // Older SQL (checked above) has no records.
+        Err(_) => r.warn("records", "unknown: install.sql is older than version 6"),
     }
 }
 

@@ -7,6 +7,7 @@
 //! send is [`crate::edge::ws::protocol`].)
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -78,6 +79,15 @@ struct WireData<'a> {
     timestamp: &'a str,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     fields_truncated: bool,
+    /// With records on: the chosen columns after the change (`null` for a delete).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<Option<&'a RawValue>>,
+    /// With records on: the chosen columns before it (`null` for a create).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_record: Option<Option<&'a RawValue>>,
+    /// A record was over 8 KiB and left out.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    record_truncated: bool,
 }
 
 /// The message `type` clients filter on: `cita_` + action.
@@ -126,6 +136,9 @@ pub fn event_frame(event: &Event) -> Message {
             seq: event.seq,
             timestamp: &event.timestamp,
             fields_truncated: event.fields_truncated,
+            record: event.records.as_ref().map(|r| r.record.as_deref()),
+            old_record: event.records.as_ref().map(|r| r.old_record.as_deref()),
+            record_truncated: event.records.as_ref().is_some_and(|r| r.truncated),
         },
     };
     // Serializing plain strings and integers cannot fail.
@@ -190,6 +203,7 @@ mod tests {
             estado_anterior: Some("pendiente".into()),
             timestamp: "2026-11-28T10:00:00.123Z".into(),
             fields_truncated: false,
+            records: None,
         };
         let Message::Text(text) = event_frame(&ev) else {
             panic!("not a text frame")

@@ -342,6 +342,7 @@ mod tests {
             estado_anterior: None,
             timestamp: "2026-11-28T10:00:00.000Z".into(),
             fields_truncated: false,
+            records: None,
         }
     }
 

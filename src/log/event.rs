@@ -51,12 +51,85 @@ pub struct Event {
     pub timestamp: String,
     /// A text field was longer than [`MAX_TEXT_BYTES`] and was cut.
     pub fields_truncated: bool,
+    /// The cita's chosen columns, when the DBA turned records on (`None`: records off).
+    pub records: Option<Records>,
+}
+
+/// The most bytes of JSON a `record` or `old_record` carries (the triggers log no more).
+pub(crate) const MAX_RECORD_BYTES: usize = 8192;
+
+/// The record columns a DBA chose (`citas_realtime.set_record_columns`), after and before the
+/// change, as the JSON PostgreSQL's `to_jsonb` gives.
+#[derive(Debug, Clone)]
+pub struct Records {
+    /// The chosen columns after the change; `None` for a delete, or when too large.
+    pub record: Option<Box<serde_json::value::RawValue>>,
+    /// Before the change: every chosen column for a delete, those that changed for an update;
+    /// `None` for a create, or when too large.
+    pub old_record: Option<Box<serde_json::value::RawValue>>,
+    /// One of them was over [`MAX_RECORD_BYTES`] and was left out.
+    pub truncated: bool,
+}
+
+impl PartialEq for Records {
+    fn eq(&self, other: &Records) -> bool {
+        let text =
+            |r: &Option<Box<serde_json::value::RawValue>>| r.as_ref().map(|r| r.get().to_string());
+        text(&self.record) == text(&other.record)
+            && text(&self.old_record) == text(&other.old_record)
+            && self.truncated == other.truncated
+    }
+}
+
+impl Eq for Records {}
+
+impl Records {
+    /// From the log's `record`, `old_record` (as JSON text) and `record_truncated`; `None`
+    /// when all three are empty (records were off when the event was written). A value that is
+    /// not JSON or is too large (only a hand-written row could hold one) is left out, flagged.
+    fn from_columns(
+        record: Option<String>,
+        old_record: Option<String>,
+        truncated: Option<bool>,
+    ) -> Option<Records> {
+        if record.is_none() && old_record.is_none() && truncated != Some(true) {
+            return None;
+        }
+        let mut truncated = truncated == Some(true);
+        let mut json = |text: Option<String>| {
+            let text = text?;
+            let raw = (text.len() <= MAX_RECORD_BYTES)
+                .then(|| serde_json::value::RawValue::from_string(text).ok())
+                .flatten();
+            truncated |= raw.is_none();
+            raw
+        };
+        Some(Records {
+            record: json(record),
+            old_record: json(old_record),
+            truncated,
+        })
+    }
 }
 
 /// The columns [`Event::from_row`] reads, for `select {EVENT_COLUMNS} from citas_realtime.events e`.
 pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.negocio_id, e.cita_id, e.action, e.estado, \
      e.estado_anterior, \
-     to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') as ts";
+     to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') as ts, \
+     e.record::text as record, e.old_record::text as old_record, e.record_truncated";
+
+/// [`EVENT_COLUMNS`] for a log written by install.sql before version 6, which has no record
+/// columns: a server upgraded before its database keeps delivering (without records).
+pub(crate) const EVENT_COLUMNS_V5: &str = "e.seq, e.negocio_id, e.cita_id, e.action, e.estado, \
+     e.estado_anterior, \
+     to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') as ts, \
+     null::text as record, null::text as old_record, null::boolean as record_truncated";
+
+/// True when `error` says the log has no record columns (install.sql older than version 6):
+/// the query is then made again with [`EVENT_COLUMNS_V5`].
+pub(crate) fn lacks_record_columns(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN)
+}
 
 impl Event {
     /// Reads a row selected with [`EVENT_COLUMNS`]; `None` (logged) for an action this version
@@ -88,6 +161,11 @@ impl Event {
             estado_anterior,
             timestamp: row.try_get("ts")?,
             fields_truncated: cut,
+            records: Records::from_columns(
+                row.try_get("record")?,
+                row.try_get("old_record")?,
+                row.try_get("record_truncated")?,
+            ),
         }))
     }
 }

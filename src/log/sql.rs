@@ -9,7 +9,7 @@ pub const INSTALL: &str = include_str!("../../sql/install.sql");
 pub const UNINSTALL: &str = include_str!("../../sql/uninstall.sql");
 
 /// What `citas_realtime.version()` answers once [`INSTALL`] ran.
-pub const SQL_VERSION: i32 = 5;
+pub const SQL_VERSION: i32 = 6;
 
 /// Applies one of our SQL files. They hold their own BEGIN/COMMIT; after a failure the session
 /// is left in an aborted transaction, which is rolled back here.

@@ -14,7 +14,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
 use crate::log::db::with_causes;
-use crate::log::event::{Event, EVENT_COLUMNS};
+use crate::log::event::{lacks_record_columns, Event, EVENT_COLUMNS, EVENT_COLUMNS_V5};
 
 /// Why a query of the pool failed. Shown with its causes, on one line.
 #[derive(Debug, thiserror::Error)]
@@ -101,29 +101,17 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Page, StoreError> {
-        // The negocio's events and the truncates (logged under negocio '', marked by their
-        // action: a row whose negocio is '' is no truncate), each an ordered range scan of the
-        // (negocio_id, seq) index; `negocio_id = any(...)` would read and sort every match.
-        let sql = format!(
-            "select * from (
-                (select {EVENT_COLUMNS}, e.seq as s from citas_realtime.events e
-                  where e.negocio_id = $1 and e.seq > $2 order by e.seq limit $3)
-                union all
-                (select {EVENT_COLUMNS}, e.seq as s from citas_realtime.events e
-                  where e.negocio_id = '' and e.action = 'truncated' and e.seq > $2
-                  order by e.seq limit $3)
-             ) page order by s limit $3"
-        );
-        let rows = self
-            .rows(
-                &sql,
-                &[
-                    (&negocio, Type::TEXT),
-                    (&after, Type::INT8),
-                    (&limit, Type::INT8),
-                ],
-            )
-            .await?;
+        let params: [Param<'_>; 3] = [
+            (&negocio, Type::TEXT),
+            (&after, Type::INT8),
+            (&limit, Type::INT8),
+        ];
+        let rows = match self.rows(&replay_sql(EVENT_COLUMNS), &params).await {
+            Err(StoreError::Query(e)) if lacks_record_columns(&e) => {
+                self.rows(&replay_sql(EVENT_COLUMNS_V5), &params).await?
+            }
+            other => other?,
+        };
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             events.extend(Event::from_row(row)?);
@@ -229,9 +217,24 @@ impl Store {
     }
 }
 
+/// One negocio's events and the truncates (logged under negocio '', marked by their action: a
+/// row whose negocio is '' is no truncate) after `$2`, at most `$3`, each an ordered range scan
+/// of the (negocio_id, seq) index; `negocio_id = any(...)` would read and sort every match.
+fn replay_sql(event_columns: &str) -> String {
+    format!(
+        "select * from (
+            (select {event_columns}, e.seq as s from citas_realtime.events e
+              where e.negocio_id = $1 and e.seq > $2 order by e.seq limit $3)
+            union all
+            (select {event_columns}, e.seq as s from citas_realtime.events e
+              where e.negocio_id = '' and e.action = 'truncated' and e.seq > $2
+              order by e.seq limit $3)
+         ) page order by s limit $3"
+    )
+}
+
 /// The listener's SQL: it runs on the listener's own connection, not the pool.
 pub(crate) mod listener {
-    use crate::log::event::EVENT_COLUMNS;
 
     /// The statement snapshot's running transactions, as three columns: `running` (its `xip`),
     /// `xmax`, and `next_xid`, the next id to be assigned, read after the snapshot was taken
@@ -247,16 +250,17 @@ array(select x::text::bigint from pg_snapshot_xip(pg_current_snapshot()) as x) a
     /// pid), then up to `$2` rows after the cursor `$1`, all under the statement's one
     /// snapshot. Prepared once per connection: its plan, a primary-key range scan, never
     /// changes.
-    pub(crate) fn read() -> String {
+    pub(crate) fn read(event_columns: &str) -> String {
         format!(
             r#"
 select null::bigint as seq, null::text as negocio_id, null::text as cita_id,
        null::text as action, null::text as estado, null::text as estado_anterior,
-       null::text as ts, null::float8 as age_secs,
+       null::text as ts, null::text as record, null::text as old_record,
+       null::boolean as record_truncated, null::float8 as age_secs,
        {RUNNING},
        pg_backend_pid() as pid
 union all
-(select {EVENT_COLUMNS},
+(select {event_columns},
         extract(epoch from clock_timestamp() - e.created_at)::float8, null, null, null, null
    from citas_realtime.events e
   where e.seq > $1
@@ -272,13 +276,13 @@ union all
     /// nested loop over every pair (100,000 ranges took 12 minutes instead of half a second).
     /// Sent with its values each time, so planned for them (probes are rare: one per writer
     /// that ends while holding pending seqs).
-    pub(crate) fn probe() -> String {
+    pub(crate) fn probe(event_columns: &str) -> String {
         format!(
             r#"
 select e.*
   from unnest($1::bigint[], $2::bigint[]) as g(lo, hi)
  cross join lateral (
-       select {EVENT_COLUMNS},
+       select {event_columns},
               extract(epoch from clock_timestamp() - e.created_at)::float8 as age_secs
          from citas_realtime.events e
         where e.seq between g.lo and g.hi

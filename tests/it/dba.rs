@@ -12,6 +12,7 @@ use crate::helpers::{
     brief, config_with, connect, spawn_app, spawn_app_ready, token, TestApp, TestDb, Ws,
 };
 
+const INSTALL_V5: &str = include_str!("../fixtures/install_v5.sql");
 const INSTALL_V4: &str = include_str!("../fixtures/install_v4.sql");
 const INSTALL_V3: &str = include_str!("../fixtures/install_v3.sql");
 const INSTALL_V2: &str = include_str!("../fixtures/install_v2.sql");
@@ -340,4 +341,9 @@ async fn upgrading_from_version_3_under_writes_loses_nothing() {
 #[tokio::test]
 async fn upgrading_from_version_4_under_writes_loses_nothing() {
     upgrade_under_writes(INSTALL_V4, 4).await;
+}
+
+#[tokio::test]
+async fn upgrading_from_version_5_under_writes_loses_nothing() {
+    upgrade_under_writes(INSTALL_V5, 5).await;
 }

@@ -14,6 +14,7 @@ mod limits;
 mod pooler;
 mod properties;
 mod protocol;
+mod records;
 mod reliability;
 mod resilience;
 mod security;

@@ -2,9 +2,13 @@
 # What the triggers cost a writer, in instructions: repeatable where sql_overhead's timings are
 # not (this machine's speed swings by tens of percent within minutes).
 #
-#   tools/benches/sql_instructions.sh [SQL_FILE ...]     (default: sql/install.sql; paths from the repository root)
+#   tools/benches/sql_instructions.sh [SQL_FILE[+SQL_FILE...] ...]   (default: sql/install.sql; paths from the repository root)
 #
-# Each SQL_FILE is installed over the example schema in a database of its own, beside a bare one,
+#   tools/benches/sql_instructions.sh sql/install.sql sql/install.sql+tools/benches/records_six.sql
+#                                          (records off against records on, six columns)
+#
+# Each SQL_FILE (or +-joined files, applied in order) is installed over the example schema in a
+# database of its own, beside a bare one,
 # in a private PostgreSQL cluster. Each workload then runs in a single-user backend
 # (`postgres --single`) under valgrind's callgrind, and again with an empty workload; the
 # difference, divided by the statements or rows, is what the backend executes per commit or per
@@ -45,7 +49,8 @@ for i in "${!files[@]}"; do
   dbs+=("$db")
   echo "create database $db" | psql_db postgres
   psql_db "$db" < sql/example_schema.sql
-  psql_db "$db" < "${files[$i]}"
+  IFS=+ read -ra parts <<< "${files[$i]}"
+  for part in "${parts[@]}"; do psql_db "$db" < "$part"; done
 done
 as_pg "$bin/pg_ctl -D $work/data stop -m fast >/dev/null"
 
@@ -54,11 +59,20 @@ echo "select 1;" > "$work/empty.sql"
 python3 - "$work" <<'EOF'
 import sys
 w = sys.argv[1]
+def cita(i):
+    return f"'00000000-0000-4000-8000-{i:012x}'"
+values = "current_date, '10:00', '10:30', 'c'"
 open(f"{w}/simple.sql", "w").write("".join(
-    f"insert into citas (negocio_id) values ('n{i % 100}');\n" for i in range(1000)))
+    f"insert into citas (id, negocio_id, fecha, hora_inicio, hora_fin, cliente_id) "
+    f"values ({cita(i)}, 'n{i % 100}', {values});\n" for i in range(1000)))
 open(f"{w}/prepared.sql", "w").write(
-    "prepare p(text) as insert into citas (negocio_id) values ($1);\n"
-    + "".join(f"execute p('n{i % 100}');\n" for i in range(1000)))
+    "prepare p(uuid, text) as insert into citas (id, negocio_id, fecha, hora_inicio, hora_fin, "
+    f"cliente_id) values ($1, $2, {values});\n"
+    + "".join(f"execute p({cita(1000 + i)}, 'n{i % 100}');\n" for i in range(1000)))
+open(f"{w}/single_update.sql", "w").write("".join(
+    f"update citas set estado = 'confirmada' where id = {cita(i)};\n" for i in range(1000)))
+open(f"{w}/single_delete.sql", "w").write("".join(
+    f"delete from citas where id = {cita(i)};\n" for i in range(1000)))
 open(f"{w}/bulk_insert.sql", "w").write(
     "insert into citas (negocio_id) select 'n' || (g % 100) from generate_series(1, 10000) g;\n")
 open(f"{w}/bulk_update.sql", "w").write("update citas set estado = 'confirmada';\n")
@@ -78,6 +92,8 @@ for db in "${dbs[@]}"; do
   # Single-row commits first (1,000 each), then the bulk statements on 10,000 fresh rows.
   per[$db,simple]=$(( ($(count "$db" simple) - base) / 1000 ))
   per[$db,prepared]=$(( ($(count "$db" prepared) - base) / 1000 ))
+  per[$db,single_update]=$(( ($(count "$db" single_update) - base) / 1000 ))
+  per[$db,single_delete]=$(( ($(count "$db" single_delete) - base) / 1000 ))
   count "$db" reset >/dev/null
   per[$db,bulk_insert]=$(( ($(count "$db" bulk_insert) - base) / 10000 ))
   per[$db,bulk_update]=$(( ($(count "$db" bulk_update) - base) / 10000 ))
@@ -88,6 +104,7 @@ printf '%-40s %12s' "instructions in the writer's backend" "bare"
 for i in "${!files[@]}"; do printf ' %24s' "$(basename "${files[$i]}")"; done
 echo
 for w in simple:"single-row INSERT commit (simple)" prepared:"single-row INSERT commit (prepared)" \
+         single_update:"single-row UPDATE of estado commit" single_delete:"single-row DELETE commit" \
          bulk_insert:"INSERT ... SELECT, per row" bulk_update:"UPDATE, per row" bulk_delete:"DELETE, per row"; do
   key=${w%%:*}; label=${w#*:}
   printf '%-40s %12d' "$label" "${per[bare,$key]}"

@@ -1,5 +1,6 @@
-//! What our triggers cost a writer: the same statements on a database without them and with
-//! them (and a server LISTENing), on one private PostgreSQL.
+//! What our triggers cost a writer: the same statements on a database without them, with them
+//! (and a server LISTENing), and with them and records on (six columns chosen), on one private
+//! PostgreSQL.
 //!
 //! Run: `cargo bench -p citas-realtime-tools --bench sql_overhead` (add `-- --rows 100000 --seconds 5` to change sizes).
 //! The private cluster runs with fsync and synchronous_commit off, which makes commits cheaper
@@ -11,6 +12,10 @@ use citas_realtime::log::sql::{EXAMPLE_SCHEMA, INSTALL, NOTIFY_CHANNEL};
 use futures::StreamExt;
 use pgtemp::TempPostgres;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// The record columns of the third database: issue #18's six.
+const RECORD_COLUMNS: &str = "select citas_realtime.set_record_columns(array['fecha', \
+     'hora_inicio', 'hora_fin', 'estado', 'cliente_id', 'servicio_id'])";
 
 struct Args {
     rows: u32,
@@ -94,8 +99,9 @@ async fn bulk_round(client: &Client, rows: u32) -> [Duration; 3] {
     let insert = timed(
         client,
         &format!(
-            "insert into citas (negocio_id, cliente_id) \
-             select 'n' || (g % 100), 'c' || g from generate_series(1, {rows}) g"
+            "insert into citas (negocio_id, cliente_id, fecha, hora_inicio) \
+             select 'n' || (g % 100), 'c' || g, current_date, '10:00' \
+             from generate_series(1, {rows}) g"
         ),
     )
     .await;
@@ -140,7 +146,7 @@ async fn main() {
         .expect("join")
         .expect("a private PostgreSQL (install the postgresql package)");
     let admin = connect(&pg.url("postgres")).await;
-    for db in ["bare", "with_triggers"] {
+    for db in ["bare", "with_triggers", "with_records"] {
         admin
             .batch_execute(&format!("create database {db}"))
             .await
@@ -153,6 +159,13 @@ async fn main() {
     with.batch_execute(EXAMPLE_SCHEMA).await.expect("schema");
     with.batch_execute(INSTALL).await.expect("install");
     let (listener, drain) = listen(&with_url).await;
+    let records = connect(&pg.url("with_records")).await;
+    records.batch_execute(EXAMPLE_SCHEMA).await.expect("schema");
+    records.batch_execute(INSTALL).await.expect("install");
+    records
+        .batch_execute(RECORD_COLUMNS)
+        .await
+        .expect("record columns");
 
     println!(
         "sql_overhead: {} rows per statement (median of {}), single-row commits for {} s each; \
@@ -161,54 +174,58 @@ async fn main() {
     );
     // Interleaved: this machine's speed drifts by tens of percent within minutes, so each
     // round measures both databases back to back.
-    let (mut b_bulk, mut w_bulk) = (Vec::new(), Vec::new());
+    let dbs = [&bare, &with, &records];
+    let mut bulk = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..a.repeats {
-        b_bulk.push(bulk_round(&bare, a.rows).await);
-        w_bulk.push(bulk_round(&with, a.rows).await);
+        for (db, rounds) in dbs.iter().zip(bulk.iter_mut()) {
+            rounds.push(bulk_round(db, a.rows).await);
+        }
     }
-    let insert = "insert into citas (negocio_id) values ($1)";
-    let b_statement = bare.prepare(insert).await.expect("prepare");
-    let w_statement = with.prepare(insert).await.expect("prepare");
-    let (mut b_commits, mut w_commits) = ((0, Duration::ZERO), (0, Duration::ZERO));
+    let insert = "insert into citas (negocio_id, fecha, hora_inicio, cliente_id) \
+                  values ($1, current_date, '10:00', 'c')";
+    let mut statements = Vec::new();
+    for db in dbs {
+        statements.push(db.prepare(insert).await.expect("prepare"));
+    }
+    let mut commits = [(0, Duration::ZERO); 3];
     for _ in 0..a.seconds {
-        commit_for_a_second(&bare, &b_statement, &mut b_commits).await;
-        commit_for_a_second(&with, &w_statement, &mut w_commits).await;
+        for ((db, statement), total) in dbs.iter().zip(&statements).zip(commits.iter_mut()) {
+            commit_for_a_second(db, statement, total).await;
+        }
     }
-    let b = Figures::from_rounds(&b_bulk, b_commits);
-    let w = Figures::from_rounds(&w_bulk, w_commits);
+    let b = Figures::from_rounds(&bulk[0], commits[0]);
+    let w = Figures::from_rounds(&bulk[1], commits[1]);
+    let r = Figures::from_rounds(&bulk[2], commits[2]);
     drop(with);
     drop(listener);
     let notifications = drain.await.unwrap_or(0);
 
-    let row = |name: &str, bare: Duration, with: Duration| {
+    let row = |name: &str, f: fn(&Figures) -> Duration| {
+        let (bare, with, rec) = (f(&b), f(&w), f(&r));
         println!(
-            "{name:<34} {:>10.1} ms {:>10.1} ms {:>7.2}x",
+            "{name:<34} {:>10.1} ms {:>10.1} ms {:>7.2}x {:>10.1} ms {:>7.2}x",
             bare.as_secs_f64() * 1e3,
             with.as_secs_f64() * 1e3,
-            with.as_secs_f64() / bare.as_secs_f64()
+            with.as_secs_f64() / bare.as_secs_f64(),
+            rec.as_secs_f64() * 1e3,
+            rec.as_secs_f64() / with.as_secs_f64()
         );
     };
     println!(
-        "{:<34} {:>13} {:>13} {:>8}",
-        "statement", "no trigger", "citas-realtime", "ratio"
+        "{:<34} {:>13} {:>13} {:>8} {:>13} {:>8}",
+        "statement", "no trigger", "citas-realtime", "ratio", "with records", "vs off"
     );
-    row(
-        &format!("INSERT ... SELECT {} rows", a.rows),
-        b.insert,
-        w.insert,
-    );
-    row(
-        &format!("UPDATE {} rows (estado)", a.rows),
-        b.update,
-        w.update,
-    );
-    row(&format!("DELETE {} rows", a.rows), b.delete, w.delete);
+    row(&format!("INSERT ... SELECT {} rows", a.rows), |f| f.insert);
+    row(&format!("UPDATE {} rows (estado)", a.rows), |f| f.update);
+    row(&format!("DELETE {} rows", a.rows), |f| f.delete);
     println!(
-        "{:<34} {:>10.0} /s {:>10.0} /s {:>6.0} %",
+        "{:<34} {:>10.0} /s {:>10.0} /s {:>6.0} % {:>10.0} /s {:>6.0} %",
         "single-row INSERT commits",
         b.commits_per_sec,
         w.commits_per_sec,
-        100.0 * w.commits_per_sec / b.commits_per_sec
+        100.0 * w.commits_per_sec / b.commits_per_sec,
+        r.commits_per_sec,
+        100.0 * r.commits_per_sec / w.commits_per_sec
     );
     println!("notifications received by the listening connection: {notifications}");
     drop(pg);

@@ -160,6 +160,29 @@ test('an INSERT, an estado change and a DELETE each appear in under a second, wi
   }
 });
 
+test('with record columns chosen, each change shows the cita\'s fecha and hora', async () => {
+  try {
+    await server.sql(`select citas_realtime.set_record_columns(array['fecha', 'hora_inicio'])`);
+    const negocio = 'negocio_456';
+    const { page, errors } = await openDashboard({ server: server.wsUrl, token: tokenFor(negocio), negocio });
+    await waitConnected(page);
+    const id = await server.sql(
+      `insert into citas (negocio_id, fecha, hora_inicio) values ('${negocio}', '2026-12-03', '10:00') returning id`,
+    );
+    const cuando = page.locator(`${evento('cita_created', id)} [data-testid="cuando"]`);
+    await cuando.waitFor();
+    assert.equal((await cuando.textContent())?.trim(), '2026-12-03 10:00');
+    await server.sql(`delete from citas where id = '${id}'`);
+    const gone = page.locator(`${evento('cita_deleted', id)} [data-testid="cuando"]`);
+    await gone.waitFor();
+    assert.equal((await gone.textContent())?.trim(), '2026-12-03 10:00', 'a delete shows the old record');
+    assert.deepEqual(errors, []);
+  } finally {
+    await server.sql(`select citas_realtime.set_record_columns(array[]::text[])`);
+    await closePages();
+  }
+});
+
 test('a dropped connection reconnects and resumes: no change missed, none shown twice', async () => {
   const negocio = 'ng_reconnect';
   const proxy = await startProxy(server.addr);

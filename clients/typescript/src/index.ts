@@ -39,8 +39,27 @@ export interface CitaEvent {
     seq: number;
     /** When the change was written, UTC, ISO 8601. */
     timestamp: string;
+    /** A text field was over 1 KiB and was cut. */
+    fields_truncated?: true;
+    /**
+     * Present when the DBA chose record columns (`citas_realtime.set_record_columns`): those
+     * columns after the change, as PostgreSQL's `to_jsonb` gives them (dates `"2026-12-03"`,
+     * times `"10:00:00"`, numbers as numbers). `null` for `cita_deleted`, or when over 8 KiB.
+     */
+    record?: CitaRecord | null;
+    /**
+     * Present with `record`: the chosen columns before the change: all of them for
+     * `cita_deleted`, those that changed for `cita_updated` / `cita_status_changed` (`{}` when
+     * only other columns changed); `null` for `cita_created`, or when over 8 KiB.
+     */
+    old_record?: CitaRecord | null;
+    /** A record was over 8 KiB and left out (`null`): read the cita from your API. */
+    record_truncated?: true;
   };
 }
+
+/** The chosen columns of a cita, by column name (`fecha`, `hora_inicio`, ... as the DBA chose). */
+export type CitaRecord = Record<string, unknown>;
 
 /** The figures of `citas_realtime.estadisticas(negocio_id)`; the default function's shape. */
 export interface Estadisticas {

@@ -94,6 +94,24 @@ test('the dashboard shows a cita inserted through SQL, live, and shows reconnect
   await page.close();
 });
 
+test("with record columns chosen, each change shows the cita's fecha and hora", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
+  page.setDefaultTimeout(DEADLINE_MS);
+  try {
+    await server.sql("select citas_realtime.set_record_columns(array['fecha', 'hora_inicio'])");
+    await page.goto(`http://${proxy.addr}/`);
+    await page.fill('#token', server.token({ sub: 'records', negocio_ids: ['negocio_456'] }));
+    await page.click('#connect');
+    await page.waitForSelector('#status[data-status="open"]');
+    await server.sql("insert into citas (negocio_id, fecha, hora_inicio) values ('negocio_456', '2026-12-03', '10:00')");
+    const when = await page.waitForSelector('#events li[data-type="cita_created"] .when');
+    assert.equal(await when.textContent(), '2026-12-03 10:00');
+  } finally {
+    await server.sql('select citas_realtime.set_record_columns(array[]::text[])');
+    await page.close();
+  }
+});
+
 test('a token that does not grant the negocio is told so', async () => {
   const page = await browser.newPage();
   page.setDefaultTimeout(DEADLINE_MS);

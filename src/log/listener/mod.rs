@@ -64,6 +64,8 @@ enum SessionError {
     TransactionPooler(String),
     #[error("a read of the event log took longer than {0:?}")]
     Timeout(Duration),
+    #[error("the event log was upgraded to hold records: reconnecting to read them")]
+    Upgraded,
     #[error("the event log is not readable: run sql/install.sql on this database and grant the server's role access (see README) ({})", with_causes(.0))]
     NotInstalled(tokio_postgres::Error),
 }
@@ -158,9 +160,11 @@ impl Listener {
     async fn session(&self, log: &mut LogCursor, reached: &mut bool) -> Result<(), SessionError> {
         let (conn, mut closed) =
             Connection::open(&self.db, &self.status, &self.tasks, reached).await?;
+        let (read, columns) = prepare_read(&conn.client).await?;
         let reader = Reader {
             client: &conn.client,
-            read: prepare_read(&conn.client).await?,
+            read,
+            columns,
             pid: conn.pid,
             sink: &*self.sink,
             status: &self.status,
@@ -177,7 +181,11 @@ impl Listener {
         loop {
             tokio::select! {
                 _ = conn.wake.notified() => {}
-                _ = poll.tick() => {}
+                _ = poll.tick() => {
+                    if reader.log_was_upgraded().await {
+                        return Err(SessionError::Upgraded);
+                    }
+                }
                 outcome = &mut closed => {
                     return Err(match outcome {
                         Ok(Some(error)) => SessionError::Postgres(error),

@@ -10,7 +10,7 @@ use tokio_postgres::{Client, Row, Statement};
 
 use super::{Publish, SessionError};
 use crate::log::cursor::{LogCursor, Running};
-use crate::log::event::Event;
+use crate::log::event::{lacks_record_columns, Event, EVENT_COLUMNS, EVENT_COLUMNS_V5};
 use crate::log::status::ListenerStatus;
 use crate::log::store::listener as sql;
 
@@ -27,6 +27,8 @@ const PRIME_WINDOW: i64 = 1000;
 pub(super) struct Reader<'a> {
     pub(super) client: &'a Client,
     pub(super) read: Statement,
+    /// The event columns `read` selects (see [`prepare_read`]).
+    pub(super) columns: &'static str,
     /// The connection's backend: a read answered by another is a transaction pooler's.
     pub(super) pid: i32,
     pub(super) sink: &'a dyn Publish,
@@ -57,6 +59,15 @@ impl Reader<'_> {
         // Ages are measured on the database's clock: clock skew between machines is no matter.
         let since_start = started.elapsed().as_secs_f64();
         self.catch_up(log, Some(since_start)).await
+    }
+
+    /// True when the log had no record columns at connect (install.sql older than version 6)
+    /// and has them now: an upgrade ran, and the session must start again to read them.
+    pub(super) async fn log_was_upgraded(&self) -> bool {
+        self.columns == EVENT_COLUMNS_V5
+            && timed(self.client.prepare(&sql::read(EVENT_COLUMNS)))
+                .await
+                .is_ok()
     }
 
     /// Reads until the log has nothing newer, handing what it finds on. With
@@ -104,7 +115,7 @@ impl Reader<'_> {
             return Ok(Vec::new());
         }
         let (lows, highs): (Vec<i64>, Vec<i64>) = ranges.into_iter().unzip();
-        let probe = sql::probe();
+        let probe = sql::probe(self.columns);
         let params = [
             (&lows as _, Type::INT8_ARRAY),
             (&highs as _, Type::INT8_ARRAY),
@@ -156,12 +167,24 @@ async fn timed<T>(
         .map_err(SessionError::from)
 }
 
-/// Prepares the read on `client`: a log we cannot read means our SQL is missing.
-pub(super) async fn prepare_read(client: &Client) -> Result<Statement, SessionError> {
-    client
-        .prepare(&sql::read())
-        .await
-        .map_err(SessionError::NotInstalled)
+/// Prepares the read on `client`, and says which event columns the log has (a log written by
+/// install.sql before version 6 has no record columns). A log we cannot read means our SQL is
+/// missing.
+pub(super) async fn prepare_read(
+    client: &Client,
+) -> Result<(Statement, &'static str), SessionError> {
+    match client.prepare(&sql::read(EVENT_COLUMNS)).await {
+        Ok(read) => Ok((read, EVENT_COLUMNS)),
+        Err(e) if lacks_record_columns(&e) => {
+            let read = client
+                .prepare(&sql::read(EVENT_COLUMNS_V5))
+                .await
+                .map_err(SessionError::NotInstalled)?;
+            tracing::warn!("the event log has no record columns: run `citas-realtime sql install` to upgrade it");
+            Ok((read, EVENT_COLUMNS_V5))
+        }
+        Err(e) => Err(SessionError::NotInstalled(e)),
+    }
 }
 
 /// One row of the log as the listener reads it.

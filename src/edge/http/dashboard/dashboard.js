@@ -71,6 +71,14 @@
     $('stats-seq').textContent = String(data.seq);
   }
 
+  /** "2026-12-03 10:00" from a record's fecha and hora_inicio, when the DBA chose them. */
+  function whenOf(record) {
+    if (!record) return '';
+    var fecha = typeof record.fecha === 'string' ? record.fecha : '';
+    var hora = typeof record.hora_inicio === 'string' ? record.hora_inicio.slice(0, 5) : '';
+    return (fecha + ' ' + hora).trim();
+  }
+
   function addEvent(message) {
     var li = document.createElement('li');
     li.dataset.type = message.type;
@@ -86,6 +94,8 @@
           : (message.data.estado || '')],
         ['time', new Date(message.data.timestamp).toLocaleTimeString()],
       ];
+      var when = whenOf(message.data.record || message.data.old_record);
+      if (when) parts.splice(3, 0, ['when', when]);
     } else {
       parts = [['type', message.type], ['estado', 'recargue los datos']];
     }

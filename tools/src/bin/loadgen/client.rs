@@ -68,7 +68,9 @@ pub(crate) async fn connect_all(
     for _ in 0..args.clients {
         if ready_rx.recv().await != Some(true) {
             stop.cancel();
-            anyhow::bail!("a client failed to connect and subscribe after {CONNECT_ATTEMPTS} attempts");
+            anyhow::bail!(
+                "a client failed to connect and subscribe after {CONNECT_ATTEMPTS} attempts"
+            );
         }
     }
     Ok(Clients {
@@ -197,7 +199,10 @@ async fn subscribe(spec: &ClientSpec) -> Option<WebSocketStream<TcpStream>> {
     ws.send(Message::text(sub.to_string())).await.ok()?;
     let subscribed = async {
         while let Some(Ok(msg)) = ws.next().await {
-            if msg.to_text().is_ok_and(|text| text.contains(r#""type":"subscribed""#)) {
+            if msg
+                .to_text()
+                .is_ok_and(|text| text.contains(r#""type":"subscribed""#))
+            {
                 return true;
             }
         }

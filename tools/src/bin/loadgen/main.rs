@@ -74,6 +74,10 @@ struct Args {
     /// Threads writing the frames in `--floor` mode.
     #[arg(long, default_value_t = 2)]
     floor_threads: usize,
+    /// Records on: the server's events carry six columns of each cita (fecha, hora_inicio,
+    /// hora_fin, estado, cliente_id, servicio_id).
+    #[arg(long)]
+    records: bool,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     json: Option<String>,
@@ -154,8 +158,12 @@ impl Clock {
 async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         !args.floor
-            || (args.bulk_rows.is_none() && args.flood.is_none() && !args.idle && !args.stats),
-        "--floor measures timed writes only: drop --bulk-rows, --flood, --idle and --stats"
+            || (args.bulk_rows.is_none()
+                && args.flood.is_none()
+                && !args.idle
+                && !args.stats
+                && !args.records),
+        "--floor measures timed writes only: drop --bulk-rows, --flood, --idle, --stats and --records"
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

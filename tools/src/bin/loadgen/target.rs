@@ -53,6 +53,13 @@ pub(crate) async fn start(args: &Args, addr: SocketAddr) -> anyhow::Result<Targe
     db.batch_execute(citas_realtime::log::sql::EXAMPLE_SCHEMA)
         .await?;
     db.batch_execute(citas_realtime::log::sql::INSTALL).await?;
+    if args.records {
+        db.batch_execute(
+            "select citas_realtime.set_record_columns(array['fecha', 'hora_inicio', 'hora_fin', \
+             'estado', 'cliente_id', 'servicio_id'])",
+        )
+        .await?;
+    }
     let server = std::process::Command::new(std::env::current_exe()?)
         .arg("--serve")
         .env("DATABASE_URL", &url)

@@ -30,6 +30,9 @@ const KEEP = 200;
             <span class="tipo">{{ evento.type }}</span>
             <code class="cita">{{ evento.data.cita_id }}</code>
             <span class="cambio">{{ estadoText(evento) }}</span>
+            @if (cuando(evento); as cuando) {
+              <span class="cuando" data-testid="cuando">{{ cuando }}</span>
+            }
             <time [attr.datetime]="evento.data.timestamp">{{ hora(evento) }}</time>
           </li>
         } @empty {
@@ -54,6 +57,14 @@ export class EventosComponent {
       error: (error: unknown) => this.error.set(describeError(error)),
     });
     this.realtime.resync(this.negocio).subscribe(() => this.resyncs.update((n) => n + 1));
+  }
+
+  /** The cita's fecha and hora_inicio, when the DBA chose them as record columns. */
+  protected cuando(evento: CitaEvent): string {
+    const record = evento.data.record ?? evento.data.old_record;
+    const fecha = typeof record?.['fecha'] === 'string' ? record['fecha'] : '';
+    const hora = typeof record?.['hora_inicio'] === 'string' ? record['hora_inicio'].slice(0, 5) : '';
+    return `${fecha} ${hora}`.trim();
   }
 
   protected hora(evento: CitaEvent): string {
