@@ -109,12 +109,11 @@ create table if not exists citas_realtime.events (
     estado_anterior text,                   -- status_changed only: the estado before
     created_at      timestamptz not null default clock_timestamp()
 );
--- Records (see set_record_columns() below): the chosen columns after and before the change,
--- and whether one was over 8 KiB and left out. Null while records are off.
+-- Records (see set_record_columns() below): the chosen columns after and before the change.
+-- Null while records are off. Logged whole (the server sends none over 8 KiB: it flags them).
 alter table citas_realtime.events
-    add column if not exists record           jsonb,
-    add column if not exists old_record       jsonb,
-    add column if not exists record_truncated boolean;
+    add column if not exists record     jsonb,
+    add column if not exists old_record jsonb;
 comment on table citas_realtime.events is
     'citas-realtime: one row per change of a cita, written by the triggers on public.citas';
 revoke all on citas_realtime.events from public;
@@ -201,23 +200,13 @@ create or replace function citas_realtime.record_columns() returns text[]
     set search_path = pg_catalog, pg_temp
     as $$ select record_columns from citas_realtime.settings $$;
 
--- The old values of the chosen columns that an UPDATE changed ('{}' when none did).
-create or replace function citas_realtime.changed_fields(old_rec jsonb, new_rec jsonb)
-    returns jsonb
-    language sql immutable parallel safe
-    set search_path = pg_catalog, pg_temp
-    as $$
-        select coalesce(jsonb_object_agg(o.key, o.value), '{}'::jsonb)
-        from jsonb_each(old_rec) as o
-        where o.value is distinct from new_rec -> o.key
-    $$;
-revoke all on function citas_realtime.changed_fields(jsonb, jsonb) from public;
-
 -- Writes capture(), the trigger function shared by the four statement triggers, for the chosen
--- record columns. With none, capture() is exactly the code below with every %N$s empty (and
--- the transition tables as their own sources): records cost writers nothing until chosen, and
--- then only the chosen columns. Column names are validated by set_record_columns() and
--- quoted here; no SQL is ever built from row data.
+-- record columns. With none, capture() is exactly the code below with every %N$s empty:
+-- records cost writers nothing until chosen, and then one jsonb_build_object of the chosen
+-- columns per event (two for an UPDATE, and the old values that changed). No size check here:
+-- the server sends no record over 8 KiB (it flags it), and the check would cost every writer.
+-- Column names are validated by set_record_columns() and quoted here; no SQL is ever built from
+-- row data.
 --
 -- capture() is SECURITY DEFINER: writers (an API role, a batch job's role) need no right on our
 -- schema; it runs with the installer's rights. search_path is pinned and every name is
@@ -227,19 +216,24 @@ create or replace function citas_realtime.build_capture(cols text[]) returns voi
     set search_path = pg_catalog, pg_temp
 as $build$
 declare
-    on_  boolean := cardinality(cols) > 0;
-    -- The chosen columns as a jsonb object, of the row aliased r, o (old) and n (new).
-    rec  text;
-    rec_o text;
-    rec_n text;
-    -- A record over 8 KiB is not logged: null, and record_truncated.
-    max_bytes constant int := 8192;
+    on_     boolean := cardinality(cols) > 0;
+    -- The chosen columns of the row aliased r (inserted or deleted), o (old) and n (new), as a
+    -- jsonb object; and the old values of those an UPDATE changed.
+    rec_r   text;
+    rec_o   text;
+    rec_n   text;
+    changed text;
 begin
     if on_ then
         select 'jsonb_build_object(' || string_agg(format('%L, r.%I', col, col), ', ' order by ord) || ')',
                'jsonb_build_object(' || string_agg(format('%L, o.%I', col, col), ', ' order by ord) || ')',
-               'jsonb_build_object(' || string_agg(format('%L, n.%I', col, col), ', ' order by ord) || ')'
-          into rec, rec_o, rec_n
+               'jsonb_build_object(' || string_agg(format('%L, n.%I', col, col), ', ' order by ord) || ')',
+               -- old_rec minus the keys whose value did not change (jsonb equality: every type
+               -- compares, json and point included).
+               'p.old_rec - array_remove(array[' || string_agg(
+                   format('case when p.old_rec -> %1$L is not distinct from p.new_rec -> %1$L then %1$L end', col),
+                   ', ' order by ord) || '], null)'
+          into rec_r, rec_o, rec_n, changed
           from unnest(cols) with ordinality as u(col, ord);
     end if;
     execute format($tpl$
@@ -275,15 +269,15 @@ begin
         insert into citas_realtime.events (negocio_id, cita_id, action, estado%1$s)
         select left(r.negocio_id::text, 257), coalesce(left(r.id::text, 1025), ''), 'created',
                left(r.estado::text, 1025)%2$s
-        from %3$s
+        from citas_realtime_new r
         where r.negocio_id is not null;
         get diagnostics n_events = row_count;
         kind := 'created';
     elsif tg_op = 'DELETE' then
-        insert into citas_realtime.events (negocio_id, cita_id, action, estado%4$s)
+        insert into citas_realtime.events (negocio_id, cita_id, action, estado%3$s)
         select left(r.negocio_id::text, 257), coalesce(left(r.id::text, 1025), ''), 'deleted',
-               left(r.estado::text, 1025)%2$s
-        from %5$s
+               left(r.estado::text, 1025)%4$s
+        from citas_realtime_old r
         where r.negocio_id is not null;
         get diagnostics n_events = row_count;
         kind := 'deleted';
@@ -306,45 +300,45 @@ begin
                    -- (CASE evaluates lazily): to_jsonb of two rows is the costly part.
                    case when o.estado::text is distinct from n.estado::text
                           or o.negocio_id::text is distinct from n.negocio_id::text then true
-                        else to_jsonb(o) is distinct from to_jsonb(n) end as changed%6$s
+                        else to_jsonb(o) is distinct from to_jsonb(n) end as changed%5$s
             -- The marker has the same (unlikely) name on both sides, so the whole-row comparison
             -- below still sees equal rows as equal.
             from (select true as citas_realtime_present, r.* from citas_realtime_old r) o
             full join (select true as citas_realtime_present, r.* from citas_realtime_new r) n
               on o.id = n.id
         )
-        insert into citas_realtime.events (negocio_id, cita_id, action, estado, estado_anterior%7$s)
+        insert into citas_realtime.events (negocio_id, cita_id, action, estado, estado_anterior%6$s)
         select left(e.negocio_id, 257), coalesce(left(e.cita_id, 1025), ''), e.action,
                left(e.estado, 1025),
-               left(e.estado_anterior, 1025)%8$s
-        from %9$s(
+               left(e.estado_anterior, 1025)%7$s
+        from (
             -- One SELECT per kind of event, not a LATERAL VALUES list: PostgreSQL builds a
             -- VALUES list's expressions anew for every outer row, a fifth of a bulk UPDATE's
             -- instructions (callgrind).
             select coalesce(p.new_id, p.old_id) as k, 1 as ord, p.old_neg as negocio_id,
                    p.old_id as cita_id, 'deleted' as action, p.old_estado as estado,
-                   null::text as estado_anterior%10$s
+                   null::text as estado_anterior%8$s
             from pairs p
             where p.has_old and p.old_neg is not null
               and (p.has_new is null or p.old_neg is distinct from p.new_neg)
             union all
             select coalesce(p.new_id, p.old_id), 2, p.new_neg, p.new_id, 'created', p.new_estado,
-                   null%11$s
+                   null%9$s
             from pairs p
             where p.has_new and p.new_neg is not null
               and (p.has_old is null or p.old_neg is distinct from p.new_neg)
             union all
-            select p.new_id, 3, p.new_neg, p.new_id, 'status_changed', p.new_estado, p.old_estado%12$s
+            select p.new_id, 3, p.new_neg, p.new_id, 'status_changed', p.new_estado, p.old_estado%10$s
             from pairs p
             where p.has_old and p.has_new and p.old_neg = p.new_neg
               and p.old_estado is distinct from p.new_estado
             union all
-            select p.new_id, 4, p.new_neg, p.new_id, 'updated', p.new_estado, null%12$s
+            select p.new_id, 4, p.new_neg, p.new_id, 'updated', p.new_estado, null%10$s
             from pairs p
             where p.has_old and p.has_new and p.old_neg = p.new_neg
               and p.old_estado is not distinct from p.new_estado
               and p.changed
-        ) as e%13$s
+        ) as e
         order by e.k, e.ord;
         get diagnostics n_events = row_count;
         kind := null;  -- an UPDATE can write several kinds
@@ -366,40 +360,22 @@ begin
 end
 $fn$;
 $tpl$,
-        -- 1, 2, 3: INSERT's extra columns, values and source.
-        case when on_ then ', record, record_truncated' else '' end,
-        case when on_ then format(', case when r.citas_realtime_len <= %s then r.citas_realtime_rec end, '
-                                  'nullif(r.citas_realtime_len > %s, false)', max_bytes, max_bytes)
-             else '' end,
-        case when on_ then format('(select r.*, octet_length(r.citas_realtime_rec::text) as citas_realtime_len '
-                                  'from (select r.*, %s as citas_realtime_rec from citas_realtime_new r offset 0) r '
-                                  'offset 0) r', rec)
-             else 'citas_realtime_new r' end,
-        -- 4, 5: DELETE's extra columns and source (its values are 2's).
-        case when on_ then ', old_record, record_truncated' else '' end,
-        case when on_ then format('(select r.*, octet_length(r.citas_realtime_rec::text) as citas_realtime_len '
-                                  'from (select r.*, %s as citas_realtime_rec from citas_realtime_old r offset 0) r '
-                                  'offset 0) r', rec)
-             else 'citas_realtime_old r' end,
-        -- 6: UPDATE's pairs carry both sides' records.
+        -- 1, 2: INSERT's extra column and value; 3, 4: DELETE's.
+        case when on_ then ', record' else '' end,
+        case when on_ then ', ' || rec_r else '' end,
+        case when on_ then ', old_record' else '' end,
+        case when on_ then ', ' || rec_r else '' end,
+        -- 5: UPDATE's pairs carry both sides' records.
         case when on_ then format(E',\n                   case when o.citas_realtime_present then %s end as old_rec,\n'
                                   '                   case when n.citas_realtime_present then %s end as new_rec',
                                   rec_o, rec_n)
              else '' end,
-        -- 7, 8, 9, 13: UPDATE's extra columns, values, and the sizes measured once per event.
-        case when on_ then ', record, old_record, record_truncated' else '' end,
-        case when on_ then format(', case when coalesce(e.rec_len, 0) <= %1$s then e.rec end, '
-                                  'case when coalesce(e.old_len, 0) <= %1$s then e.old_rec end, '
-                                  'nullif(coalesce(e.rec_len, 0) > %1$s or coalesce(e.old_len, 0) > %1$s, false)',
-                                  max_bytes)
-             else '' end,
-        case when on_ then '(select e.*, octet_length(e.rec::text) as rec_len, '
-                           'octet_length(e.old_rec::text) as old_len from ' else '' end,
-        -- 10, 11, 12: each kind of UPDATE event's record and old_record.
+        -- 6, 7: UPDATE's extra columns and values; 8, 9, 10: each kind's record and old_record.
+        case when on_ then ', record, old_record' else '' end,
+        case when on_ then ', e.rec, e.old_rec' else '' end,
         case when on_ then ', null::jsonb as rec, p.old_rec as old_rec' else '' end,
         case when on_ then ', p.new_rec, null::jsonb' else '' end,
-        case when on_ then ', p.new_rec, citas_realtime.changed_fields(p.old_rec, p.new_rec)' else '' end,
-        case when on_ then ' offset 0) as e' else '' end);
+        case when on_ then ', p.new_rec, ' || changed else '' end);
     execute 'revoke all on function citas_realtime.capture() from public';
 end
 $build$;

@@ -55,7 +55,8 @@ pub struct Event {
     pub records: Option<Records>,
 }
 
-/// The most bytes of JSON a `record` or `old_record` carries (the triggers log no more).
+/// The most bytes of JSON a `record` or `old_record` carries; the log's records are read cut
+/// one character past it (`left(record::text, 8193)`), so a larger one is never transferred.
 pub(crate) const MAX_RECORD_BYTES: usize = 8192;
 
 /// The record columns a DBA chose (`citas_realtime.set_record_columns`), after and before the
@@ -84,18 +85,15 @@ impl PartialEq for Records {
 impl Eq for Records {}
 
 impl Records {
-    /// From the log's `record`, `old_record` (as JSON text) and `record_truncated`; `None`
-    /// when all three are empty (records were off when the event was written). A value that is
-    /// not JSON or is too large (only a hand-written row could hold one) is left out, flagged.
-    fn from_columns(
-        record: Option<String>,
-        old_record: Option<String>,
-        truncated: Option<bool>,
-    ) -> Option<Records> {
-        if record.is_none() && old_record.is_none() && truncated != Some(true) {
+    /// From the log's `record` and `old_record`, as JSON text read at most
+    /// [`MAX_RECORD_BYTES`] + 1 characters long; `None` when both are null (records were off
+    /// when the event was written). A record over [`MAX_RECORD_BYTES`] (or not JSON: only a
+    /// hand-written row could hold one) is left out, and flagged.
+    fn from_columns(record: Option<String>, old_record: Option<String>) -> Option<Records> {
+        if record.is_none() && old_record.is_none() {
             return None;
         }
-        let mut truncated = truncated == Some(true);
+        let mut truncated = false;
         let mut json = |text: Option<String>| {
             let text = text?;
             let raw = (text.len() <= MAX_RECORD_BYTES)
@@ -116,14 +114,14 @@ impl Records {
 pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.negocio_id, e.cita_id, e.action, e.estado, \
      e.estado_anterior, \
      to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') as ts, \
-     e.record::text as record, e.old_record::text as old_record, e.record_truncated";
+     left(e.record::text, 8193) as record, left(e.old_record::text, 8193) as old_record";
 
 /// [`EVENT_COLUMNS`] for a log written by install.sql before version 6, which has no record
 /// columns: a server upgraded before its database keeps delivering (without records).
 pub(crate) const EVENT_COLUMNS_V5: &str = "e.seq, e.negocio_id, e.cita_id, e.action, e.estado, \
      e.estado_anterior, \
      to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') as ts, \
-     null::text as record, null::text as old_record, null::boolean as record_truncated";
+     null::text as record, null::text as old_record";
 
 /// True when `error` says the log has no record columns (install.sql older than version 6):
 /// the query is then made again with [`EVENT_COLUMNS_V5`].
@@ -161,11 +159,7 @@ impl Event {
             estado_anterior,
             timestamp: row.try_get("ts")?,
             fields_truncated: cut,
-            records: Records::from_columns(
-                row.try_get("record")?,
-                row.try_get("old_record")?,
-                row.try_get("record_truncated")?,
-            ),
+            records: Records::from_columns(row.try_get("record")?, row.try_get("old_record")?),
         }))
     }
 }

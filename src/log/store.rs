@@ -256,7 +256,7 @@ array(select x::text::bigint from pg_snapshot_xip(pg_current_snapshot()) as x) a
 select null::bigint as seq, null::text as negocio_id, null::text as cita_id,
        null::text as action, null::text as estado, null::text as estado_anterior,
        null::text as ts, null::text as record, null::text as old_record,
-       null::boolean as record_truncated, null::float8 as age_secs,
+       null::float8 as age_secs,
        {RUNNING},
        pg_backend_pid() as pid
 union all

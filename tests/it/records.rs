@@ -158,8 +158,8 @@ async fn the_choice_is_validated_read_back_and_survives_install() {
         .await;
 }
 
-/// A 100 KB value: the writer is unaffected, the event says its record was left out; a
-/// number is a JSON number.
+/// A 100 KB value and a 128 KiB number: the writer is unaffected, the event says its record was
+/// left out; a number is a JSON number.
 #[tokio::test]
 async fn a_huge_value_is_flagged_and_numbers_stay_numbers() {
     let db = TestDb::new().await;
@@ -172,7 +172,10 @@ async fn a_huge_value_is_flagged_and_numbers_stay_numbers() {
         .await;
     db.execute("update citas set notas = repeat('x', 100000) where negocio_id = 'big'")
         .await;
-    let events = ws.events(2).await;
+    // A number of 131,000 digits: a few bytes in the log, 128 KiB as JSON text.
+    db.execute("update citas set notas = 'x', precio = '1e131000' where negocio_id = 'big'")
+        .await;
+    let events = ws.events(3).await;
     assert_eq!(
         events[0]["data"]["record"],
         json!({"precio": 12.50, "notas": "hola"})
@@ -181,6 +184,12 @@ async fn a_huge_value_is_flagged_and_numbers_stay_numbers() {
     assert_eq!(data["record_truncated"], true);
     assert_eq!(data["record"], Value::Null);
     assert_eq!(data["old_record"], json!({"notas": "hola"}));
+    let data = &events[2]["data"];
+    assert_eq!(data["record_truncated"], true);
+    assert_eq!(
+        (&data["record"], &data["old_record"]),
+        (&Value::Null, &Value::Null)
+    );
 }
 
 /// Records turned on and off while writers write: no write fails, and each event has all the
