@@ -58,6 +58,13 @@ begin
     if missing is not null then
         raise exception 'citas-realtime: public.citas lacks required column(s): %', missing;
     end if;
+    -- The UPDATE trigger marks each side of a pair with a column of this name.
+    if exists (select 1 from pg_catalog.pg_attribute a
+               where a.attrelid = 'public.citas'::regclass and a.attname = 'citas_realtime_present'
+                 and a.attnum > 0 and not a.attisdropped) then
+        raise exception 'citas-realtime: public.citas has a column named citas_realtime_present, a name the triggers use'
+            using hint = 'Rename that column, then run install.sql again.';
+    end if;
     -- The UPDATE trigger pairs old and new rows by id: its type must have "=" (json does not),
     -- or every UPDATE would fail. Refused here, at install, rather than in a writer's UPDATE.
     begin
@@ -111,9 +118,11 @@ create table if not exists citas_realtime.events (
 );
 -- Records (see set_record_columns() below): the chosen columns after and before the change.
 -- Null while records are off. Logged whole (the server sends none over 8 KiB: it flags them).
+-- json, not jsonb: built and read as text, in the chosen column order, at a fraction of
+-- jsonb's cost to writers.
 alter table citas_realtime.events
-    add column if not exists record     jsonb,
-    add column if not exists old_record jsonb;
+    add column if not exists record     json,
+    add column if not exists old_record json;
 comment on table citas_realtime.events is
     'citas-realtime: one row per change of a cita, written by the triggers on public.citas';
 revoke all on citas_realtime.events from public;
@@ -202,7 +211,7 @@ create or replace function citas_realtime.record_columns() returns text[]
 
 -- Writes capture(), the trigger function shared by the four statement triggers, for the chosen
 -- record columns. With none, capture() is exactly the code below with every %N$s empty:
--- records cost writers nothing until chosen, and then one jsonb_build_object of the chosen
+-- records cost writers nothing until chosen, and then one json_build_object of the chosen
 -- columns per event (two for an UPDATE, and the old values that changed). No size check here:
 -- the server sends no record over 8 KiB (it flags it), and the check would cost every writer.
 -- Column names are validated by set_record_columns() and quoted here; no SQL is ever built from
@@ -217,24 +226,68 @@ create or replace function citas_realtime.build_capture(cols text[]) returns voi
 as $build$
 declare
     on_     boolean := cardinality(cols) > 0;
-    -- The chosen columns of the row aliased r (inserted or deleted), o (old) and n (new), as a
-    -- jsonb object; and the old values of those an UPDATE changed.
-    rec_r   text;
-    rec_o   text;
-    rec_n   text;
-    changed text;
+    rec_r   text;  -- the chosen columns of the inserted or deleted row r, as a json object
+    pair    text;  -- the chosen columns of both sides of an UPDATE, carried by the pairs
+    rec_o   text;  -- the pair's old chosen columns as a json object
+    rec_n   text;  -- the pair's new ones
+    changed text;  -- the old values of those that changed
 begin
     if on_ then
-        select 'jsonb_build_object(' || string_agg(format('%L, r.%I', col, col), ', ' order by ord) || ')',
-               'jsonb_build_object(' || string_agg(format('%L, o.%I', col, col), ', ' order by ord) || ')',
-               'jsonb_build_object(' || string_agg(format('%L, n.%I', col, col), ', ' order by ord) || ')',
-               -- old_rec minus the keys whose value did not change (jsonb equality: every type
-               -- compares, json and point included).
-               'p.old_rec - array_remove(array[' || string_agg(
-                   format('case when p.old_rec -> %1$L is not distinct from p.new_rec -> %1$L then %1$L end', col),
-                   ', ' order by ord) || '], null)'
-          into rec_r, rec_o, rec_n, changed
-          from unnest(cols) with ordinality as u(col, ord);
+        -- Each value as to_json gives it; text cut one character past what any record can
+        -- send (a longer value makes the record too large to send anyway), so no value, however
+        -- long, bloats the log. Changes compare with "=" where the type has one, as
+        -- text otherwise.
+        with c as (
+            select u.ord, u.col,
+                   t.typcategory = 'S' as is_text,
+                   pg_catalog.format_type(coalesce(nullif(t.typbasetype, 0), t.oid), null) = 'jsonb'
+                       as is_jsonb,
+                   pg_catalog.format_type(coalesce(nullif(t.typbasetype, 0), t.oid), null) = 'numeric'
+                       as is_numeric,
+                   exists (select 1 from pg_catalog.pg_operator op
+                            where op.oprname = '=' and op.oprleft = a.atttypid
+                              and op.oprright = a.atttypid) as has_eq
+            from unnest(cols) with ordinality as u(col, ord)
+            join pg_catalog.pg_attribute a
+              on a.attrelid = 'public.citas'::regclass and a.attname = u.col
+            join pg_catalog.pg_type t on t.oid = a.atttypid
+        ),
+        v as (
+            select c.*, x.alias as side,
+                   case when is_text then format('left(%s.%I::text, 8193)', x.alias, col)
+                        -- Over 1 MB stored, a jsonb is far over 8 KiB as text: a stand-in
+                        -- just as unsendable, rather than megabytes in the log.
+                        when is_jsonb then format('case when pg_catalog.pg_column_size(%1$s.%2$I) > 1048576 '
+                                                  'then to_jsonb(repeat(''x'', 8193)) else %1$s.%2$I end',
+                                                  x.alias, col)
+                        -- A numeric of 131,072 digits is a few bytes stored, 128 KiB as text.
+                        when is_numeric then format('case when octet_length(%1$s.%2$I::text) > 8192 '
+                                                    'then repeat(''9'', 8193)::numeric else %1$s.%2$I end',
+                                                    x.alias, col)
+                        else format('%s.%I', x.alias, col) end as val
+            from c cross join (values ('r'), ('o'), ('n')) as x(alias)
+        ),
+        w as (
+            select ord, col,
+                   max(val) filter (where side = 'r') as val_r,
+                   max(val) filter (where side = 'o') as val_o,
+                   max(val) filter (where side = 'n') as val_n,
+                   case when bool_and(has_eq) then format('p.o_%1$s is distinct from p.n_%1$s', ord)
+                        else format('p.o_%1$s::text is distinct from p.n_%1$s::text', ord) end as differs
+            from v group by ord, col
+        )
+        select 'json_build_object(' || string_agg(format('%L, %s', col, val_r), ', ' order by ord) || ')',
+               string_agg(format(E',\n                   %s as o_%s, %s as n_%s', val_o, ord, val_n, ord),
+                          '' order by ord),
+               'json_build_object(' || string_agg(format('%L, p.o_%s', col, ord), ', ' order by ord) || ')',
+               'json_build_object(' || string_agg(format('%L, p.n_%s', col, ord), ', ' order by ord) || ')',
+               -- {"col":old, ...} of the changed ones, as text: the key is a constant.
+               '(''{'' || concat_ws('','', ' || string_agg(
+                   format('case when %s then %L || to_json(p.o_%s)::text end',
+                          differs, to_json(col)::text || ':', ord), ', ' order by ord)
+               || ') || ''}'')::json'
+          into rec_r, pair, rec_o, rec_n, changed
+          from w;
     end if;
     execute format($tpl$
 create or replace function citas_realtime.capture() returns trigger
@@ -285,8 +338,9 @@ begin
         -- UPDATE: pair old and new rows by id. A row whose id changed, or is NULL, has no
         -- partner: it reads as deleted (old id) plus created (new id); has_old / has_new say
         -- which side a pair has (an id may be NULL, so the id cannot tell). A row moved to another negocio is
-        -- deleted for the old negocio, then created for the new one. to_jsonb() compares whole
-        -- rows whatever the column types (json and point columns have no "=" operator).
+        -- deleted for the old negocio, then created for the new one. Whole rows compare as
+        -- text, whatever the column types (json and point have no "=" operator, and to_jsonb()
+        -- fails on some json values: a writer's change must not).
         -- Materialized: each pair's casts are computed once, not once per SELECT below.
         with pairs as materialized (
             select o.citas_realtime_present as has_old, n.citas_realtime_present as has_new,
@@ -297,10 +351,10 @@ begin
                    o.estado::text      as old_estado,
                    n.estado::text      as new_estado,
                    -- Whole-row comparison only when estado and negocio did not change
-                   -- (CASE evaluates lazily): to_jsonb of two rows is the costly part.
+                   -- (CASE evaluates lazily): the text of two rows is the costly part.
                    case when o.estado::text is distinct from n.estado::text
                           or o.negocio_id::text is distinct from n.negocio_id::text then true
-                        else to_jsonb(o) is distinct from to_jsonb(n) end as changed%5$s
+                        else o::text is distinct from n::text end as changed%5$s
             -- The marker has the same (unlikely) name on both sides, so the whole-row comparison
             -- below still sees equal rows as equal.
             from (select true as citas_realtime_present, r.* from citas_realtime_old r) o
@@ -328,16 +382,15 @@ begin
             where p.has_new and p.new_neg is not null
               and (p.has_old is null or p.old_neg is distinct from p.new_neg)
             union all
-            select p.new_id, 3, p.new_neg, p.new_id, 'status_changed', p.new_estado, p.old_estado%10$s
+            -- A change in place: status_changed when estado changed, updated otherwise (changed
+            -- is true whenever estado changed).
+            select p.new_id, 3, p.new_neg, p.new_id,
+                   case when p.old_estado is distinct from p.new_estado then 'status_changed'
+                        else 'updated' end,
+                   p.new_estado,
+                   case when p.old_estado is distinct from p.new_estado then p.old_estado end%10$s
             from pairs p
-            where p.has_old and p.has_new and p.old_neg = p.new_neg
-              and p.old_estado is distinct from p.new_estado
-            union all
-            select p.new_id, 4, p.new_neg, p.new_id, 'updated', p.new_estado, null%10$s
-            from pairs p
-            where p.has_old and p.has_new and p.old_neg = p.new_neg
-              and p.old_estado is not distinct from p.new_estado
-              and p.changed
+            where p.has_old and p.has_new and p.old_neg = p.new_neg and p.changed
         ) as e
         order by e.k, e.ord;
         get diagnostics n_events = row_count;
@@ -365,17 +418,14 @@ $tpl$,
         case when on_ then ', ' || rec_r else '' end,
         case when on_ then ', old_record' else '' end,
         case when on_ then ', ' || rec_r else '' end,
-        -- 5: UPDATE's pairs carry both sides' records.
-        case when on_ then format(E',\n                   case when o.citas_realtime_present then %s end as old_rec,\n'
-                                  '                   case when n.citas_realtime_present then %s end as new_rec',
-                                  rec_o, rec_n)
-             else '' end,
+        -- 5: UPDATE's pairs carry both sides' chosen columns.
+        case when on_ then pair else '' end,
         -- 6, 7: UPDATE's extra columns and values; 8, 9, 10: each kind's record and old_record.
         case when on_ then ', record, old_record' else '' end,
         case when on_ then ', e.rec, e.old_rec' else '' end,
-        case when on_ then ', null::jsonb as rec, p.old_rec as old_rec' else '' end,
-        case when on_ then ', p.new_rec, null::jsonb' else '' end,
-        case when on_ then ', p.new_rec, ' || changed else '' end);
+        case when on_ then ', null::json as rec, ' || rec_o || ' as old_rec' else '' end,
+        case when on_ then ', ' || rec_n || ', null::json' else '' end,
+        case when on_ then ', ' || rec_n || ', ' || changed else '' end);
     execute 'revoke all on function citas_realtime.capture() from public';
 end
 $build$;
@@ -391,9 +441,13 @@ create or replace function citas_realtime.set_record_columns(cols text[]) return
     set search_path = pg_catalog, pg_temp
 as $fn$
 declare
-    unknown text;
-    guard   text;
+    unknown     text;
+    unsupported text;
+    guard       text;
 begin
+    -- No column of citas may be dropped or changed between this check and the commit: writers'
+    -- changes would then fail on a column capture() names (ACCESS SHARE: writers go on).
+    lock table public.citas in access share mode;
     if cols is null or array_position(cols, null) is not null then
         raise exception 'citas_realtime.set_record_columns: columns must not be null'
             using errcode = 'invalid_parameter_value',
@@ -408,6 +462,26 @@ begin
     if unknown is not null then
         raise exception 'citas_realtime.set_record_columns: public.citas has no column %', unknown
             using errcode = 'undefined_column';
+    end if;
+    select string_agg(format('%I (%s)', a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)), ', ')
+      into unsupported
+      from unnest(cols) as c
+      join pg_catalog.pg_attribute a
+        on a.attrelid = 'public.citas'::regclass and a.attname = c
+      join pg_catalog.pg_type t on t.oid = a.atttypid
+     where not (t.typlen > 0
+                or t.typcategory in ('N', 'S', 'D', 'B', 'E', 'I', 'T')
+                or pg_catalog.format_type(coalesce(nullif(t.typbasetype, 0), t.oid), null) = 'jsonb');
+    if unsupported is not null then
+        raise exception 'citas_realtime.set_record_columns: records cannot carry %', unsupported
+            using errcode = 'feature_not_supported',
+                  hint = 'Choose columns of scalar types: numbers, text, dates and times, booleans, uuid, enums, jsonb (json, arrays, composites and bytea are not carried).';
+    end if;
+    -- capture()'s body is dollar-quoted: a "$" in a name could end it.
+    select string_agg(quote_ident(c), ', ') into unknown from unnest(cols) as c where c like '%$%';
+    if unknown is not null then
+        raise exception 'citas_realtime.set_record_columns: records cannot carry a column whose name has "$": %', unknown
+            using errcode = 'invalid_parameter_value';
     end if;
     if cardinality(cols) <> (select count(distinct c) from unnest(cols) as c) then
         raise exception 'citas_realtime.set_record_columns: a column is named twice'

@@ -340,17 +340,36 @@ async fn installed(r: &mut Report, client: &tokio_postgres::Client, user: &str) 
 /// The record columns events carry (`citas_realtime.set_record_columns`): every subscriber of
 /// a negocio receives them.
 async fn records(r: &mut Report, client: &tokio_postgres::Client) {
-    match one_row(client, "select citas_realtime.record_columns()", &[]).await {
-        Ok(row) => match row.try_get::<_, Vec<String>>(0) {
-            Ok(columns) if columns.is_empty() => r.ok("records", "off (events carry no row data)"),
-            Ok(columns) => r.ok(
+    let sql = "select citas_realtime.record_columns(),
+                      array(select c from unnest(citas_realtime.record_columns()) as c
+                             where not exists (
+                                 select 1 from pg_catalog.pg_attribute a
+                                  where a.attrelid = to_regclass('public.citas') and a.attname = c
+                                    and a.attnum > 0 and not a.attisdropped))";
+    match one_row(client, sql, &[]).await {
+        Ok(row) => match (
+            row.try_get::<_, Vec<String>>(0),
+            row.try_get::<_, Vec<String>>(1),
+        ) {
+            (Ok(columns), _) if columns.is_empty() => {
+                r.ok("records", "off (events carry no row data)")
+            }
+            (Ok(_), Ok(missing)) if !missing.is_empty() => r.fail(
+                "records",
+                format!(
+                    "chosen column(s) {} no longer in public.citas (renamed or dropped): every \
+                     write to citas fails until you run citas_realtime.set_record_columns() again",
+                    missing.join(", ")
+                ),
+            ),
+            (Ok(columns), _) => r.ok(
                 "records",
                 format!(
                     "events carry {} of each cita to every subscriber of its negocio",
                     columns.join(", ")
                 ),
             ),
-            Err(error) => r.fail("records", error),
+            (Err(error), _) => r.fail("records", error),
         },
         // Older SQL (checked above) has no records.
         Err(_) => r.warn("records", "unknown: install.sql is older than version 6"),

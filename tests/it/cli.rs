@@ -149,6 +149,7 @@ async fn sql_install_then_check_then_uninstall() {
         "sql",
         "triggers",
         "privileges",
+        "records",
     ] {
         assert!(
             stdout
@@ -279,4 +280,47 @@ async fn check_reports_jwks_keys_and_the_access_hook() {
         "{stdout}"
     );
     assert_eq!(code, Some(0), "{stdout}");
+}
+
+/// `check` names the record columns events carry, and FAILs when one of them was renamed
+/// away (every write fails until they are chosen again).
+#[tokio::test]
+async fn check_reports_the_record_columns_and_a_renamed_one() {
+    let db = crate::helpers::TestDb::new().await;
+    let check = || {
+        let url = db.url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                run_with(
+                    &[
+                        ("DATABASE_URL", &url),
+                        ("JWT_SECRET", "a-secret-of-more-than-32-bytes-0123456789"),
+                    ],
+                    &["check"],
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    db.execute("select citas_realtime.set_record_columns(array['fecha', 'hora_inicio'])")
+        .await;
+    let (code, stdout, _) = check().await;
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("ok")
+            && l.contains("records:")
+            && l.contains("fecha, hora_inicio")),
+        "{stdout}"
+    );
+    db.execute("alter table citas rename column hora_inicio to hora")
+        .await;
+    let (code, stdout, _) = check().await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("records:") && l.contains("hora_inicio")),
+        "{stdout}"
+    );
 }

@@ -190,6 +190,14 @@ async fn a_huge_value_is_flagged_and_numbers_stay_numbers() {
         (&data["record"], &data["old_record"]),
         (&Value::Null, &Value::Null)
     );
+    // What the log keeps of them is bounded too.
+    let largest: i32 = db
+        .scalar(
+            "select max(greatest(octet_length(record::text), octet_length(old_record::text)))
+               from citas_realtime.events where negocio_id = 'big'",
+        )
+        .await;
+    assert!(largest < 20_000, "{largest} bytes logged for one record");
 }
 
 /// Records turned on and off while writers write: no write fails, and each event has all the
@@ -278,4 +286,77 @@ async fn a_server_ahead_of_its_sql_keeps_delivering() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// Types records cannot carry safely (json, arrays, composites, bytea) and names with "$" are
+/// refused, naming the column; a json value jsonb cannot hold never fails a writer.
+#[tokio::test]
+async fn unsafe_columns_are_refused_and_no_value_fails_a_writer() {
+    let db = TestDb::new().await;
+    db.execute(
+        r#"alter table citas add column j json, add column tags text[], add column "x$fn$y" text"#,
+    )
+    .await;
+    for (columns, named) in [
+        ("array['fecha', 'j']", "j (json)"),
+        ("array['tags']", "tags (text[])"),
+        (r#"array['x$fn$y']"#, r#""x$fn$y""#),
+    ] {
+        let error = db
+            .client
+            .batch_execute(&format!(
+                "select citas_realtime.set_record_columns({columns})"
+            ))
+            .await
+            .unwrap_err();
+        let message = error
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default();
+        assert!(message.contains(named), "{message}");
+    }
+    let columns: Vec<String> = db.scalar("select citas_realtime.record_columns()").await;
+    assert!(columns.is_empty(), "a refused choice changes nothing");
+    // json that jsonb cannot hold: every write goes through, records off and on.
+    let app = spawn_app(&db.url).await;
+    let mut ws = app.subscriber(&["js"]).await;
+    db.execute(
+        r#"insert into citas (negocio_id, j) values ('js', '{"a":"\u0000","n":1e1000000}')"#,
+    )
+    .await;
+    db.execute("update citas set cliente_id = 'c' where negocio_id = 'js'")
+        .await;
+    choose(&db, "array['cliente_id', 'fecha']").await;
+    db.execute("update citas set cliente_id = 'd' where negocio_id = 'js'")
+        .await;
+    let events = ws.events(3).await;
+    assert_eq!(events[1]["type"], "cita_updated");
+    assert_eq!(events[2]["data"]["old_record"], json!({"cliente_id": "c"}));
+}
+
+/// A column being chosen cannot be dropped meanwhile (the choice and the triggers would name a
+/// column that no longer exists); it waits for the choice to commit.
+#[tokio::test]
+async fn choosing_locks_out_concurrent_changes_to_citas() {
+    let db = TestDb::new().await;
+    let chooser = connect(&db.url).await;
+    chooser
+        .batch_execute("begin; select citas_realtime.set_record_columns(array['fecha'])")
+        .await
+        .unwrap();
+    let error = db
+        .client
+        .batch_execute("set lock_timeout = '200ms'; alter table citas drop column fecha")
+        .await
+        .unwrap_err();
+    let code = error.code().cloned();
+    assert_eq!(
+        code,
+        Some(tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+        "{error}"
+    );
+    chooser.batch_execute("commit").await.unwrap();
+    db.execute("reset lock_timeout").await;
+    db.execute("insert into citas (negocio_id, fecha) values ('l', current_date)")
+        .await;
 }

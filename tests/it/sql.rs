@@ -304,3 +304,26 @@ async fn the_installed_version_is_the_one_the_binary_ships() {
     let version: i32 = db.scalar("select citas_realtime.version()").await;
     assert_eq!(version, citas_realtime::log::sql::SQL_VERSION);
 }
+
+/// The triggers mark each side of an UPDATE's pairs with a column named
+/// `citas_realtime_present`: a citas that has one is refused at install, clearly.
+#[tokio::test]
+async fn install_refuses_a_column_named_like_the_triggers_marker() {
+    let db = crate::helpers::TestDb::empty().await;
+    db.client
+        .batch_execute(citas_realtime::log::sql::EXAMPLE_SCHEMA)
+        .await
+        .unwrap();
+    db.execute("alter table citas add column citas_realtime_present boolean")
+        .await;
+    let error = db
+        .client
+        .batch_execute(citas_realtime::log::sql::INSTALL)
+        .await
+        .unwrap_err();
+    let message = error
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("citas_realtime_present"), "{message}");
+}
