@@ -1,5 +1,5 @@
 //! What our triggers cost a writer: the same statements on a database without them, with them
-//! (and a server LISTENing), and with them and records on (six columns chosen), on one private
+//! and with them and records on (six columns chosen), a server LISTENing on each, on one private
 //! PostgreSQL.
 //!
 //! Run: `cargo bench -p citas-realtime-tools --bench sql_overhead` (add `-- --rows 100000 --seconds 5` to change sizes).
@@ -159,7 +159,9 @@ async fn main() {
     with.batch_execute(EXAMPLE_SCHEMA).await.expect("schema");
     with.batch_execute(INSTALL).await.expect("install");
     let (listener, drain) = listen(&with_url).await;
-    let records = connect(&pg.url("with_records")).await;
+    let records_url = pg.url("with_records");
+    let (records_listener, records_drain) = listen(&records_url).await;
+    let records = connect(&records_url).await;
     records.batch_execute(EXAMPLE_SCHEMA).await.expect("schema");
     records.batch_execute(INSTALL).await.expect("install");
     records
@@ -169,7 +171,7 @@ async fn main() {
 
     println!(
         "sql_overhead: {} rows per statement (median of {}), single-row commits for {} s each; \
-         the two databases alternate, so both see the same noise",
+         the databases alternate, so all see the same noise",
         a.rows, a.repeats, a.seconds
     );
     // Interleaved: this machine's speed drifts by tens of percent within minutes, so each
@@ -197,8 +199,10 @@ async fn main() {
     let w = Figures::from_rounds(&bulk[1], commits[1]);
     let r = Figures::from_rounds(&bulk[2], commits[2]);
     drop(with);
+    drop(records);
     drop(listener);
-    let notifications = drain.await.unwrap_or(0);
+    drop(records_listener);
+    let notifications = drain.await.unwrap_or(0) + records_drain.await.unwrap_or(0);
 
     let row = |name: &str, f: fn(&Figures) -> Duration| {
         let (bare, with, rec) = (f(&b), f(&w), f(&r));
@@ -227,6 +231,6 @@ async fn main() {
         r.commits_per_sec,
         100.0 * r.commits_per_sec / w.commits_per_sec
     );
-    println!("notifications received by the listening connection: {notifications}");
+    println!("notifications received by the listening connections: {notifications}");
     drop(pg);
 }
