@@ -138,45 +138,25 @@ impl Figures {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let a = args();
-    let pg = tokio::task::spawn_blocking(TempPostgres::start)
-        .await
-        .expect("join")
-        .expect("a private PostgreSQL (install the postgresql package)");
+/// A database of the cluster with the example schema, and `setup` run on it.
+async fn database(pg: &TempPostgres, name: &str, setup: &[&str]) -> (Client, String) {
     let admin = connect(&pg.url("postgres")).await;
-    for db in ["bare", "with_triggers", "with_records"] {
-        admin
-            .batch_execute(&format!("create database {db}"))
-            .await
-            .expect("create database");
-    }
-    let bare = connect(&pg.url("bare")).await;
-    bare.batch_execute(EXAMPLE_SCHEMA).await.expect("schema");
-    let with_url = pg.url("with_triggers");
-    let with = connect(&with_url).await;
-    with.batch_execute(EXAMPLE_SCHEMA).await.expect("schema");
-    with.batch_execute(INSTALL).await.expect("install");
-    let (listener, drain) = listen(&with_url).await;
-    let records_url = pg.url("with_records");
-    let (records_listener, records_drain) = listen(&records_url).await;
-    let records = connect(&records_url).await;
-    records.batch_execute(EXAMPLE_SCHEMA).await.expect("schema");
-    records.batch_execute(INSTALL).await.expect("install");
-    records
-        .batch_execute(RECORD_COLUMNS)
+    admin
+        .batch_execute(&format!("create database {name}"))
         .await
-        .expect("record columns");
+        .expect("create database");
+    let url = pg.url(name);
+    let client = connect(&url).await;
+    client.batch_execute(EXAMPLE_SCHEMA).await.expect("schema");
+    for sql in setup {
+        client.batch_execute(sql).await.expect("setup");
+    }
+    (client, url)
+}
 
-    println!(
-        "sql_overhead: {} rows per statement (median of {}), single-row commits for {} s each; \
-         the databases alternate, so all see the same noise",
-        a.rows, a.repeats, a.seconds
-    );
-    // Interleaved: this machine's speed drifts by tens of percent within minutes, so each
-    // round measures both databases back to back.
-    let dbs = [&bare, &with, &records];
+/// Every database's figures, the rounds interleaved: this machine's speed drifts by tens of
+/// percent within minutes, so each round measures every database back to back.
+async fn measure(a: &Args, dbs: [&Client; 3]) -> [Figures; 3] {
     let mut bulk = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..a.repeats {
         for (db, rounds) in dbs.iter().zip(bulk.iter_mut()) {
@@ -195,17 +175,14 @@ async fn main() {
             commit_for_a_second(db, statement, total).await;
         }
     }
-    let b = Figures::from_rounds(&bulk[0], commits[0]);
-    let w = Figures::from_rounds(&bulk[1], commits[1]);
-    let r = Figures::from_rounds(&bulk[2], commits[2]);
-    drop(with);
-    drop(records);
-    drop(listener);
-    drop(records_listener);
-    let notifications = drain.await.unwrap_or(0) + records_drain.await.unwrap_or(0);
+    [0, 1, 2].map(|i| Figures::from_rounds(&bulk[i], commits[i]))
+}
 
+/// The table: no trigger, with our triggers (and the ratio), with records on (and the ratio to
+/// records off).
+fn print_figures(a: &Args, [b, w, r]: &[Figures; 3]) {
     let row = |name: &str, f: fn(&Figures) -> Duration| {
-        let (bare, with, rec) = (f(&b), f(&w), f(&r));
+        let (bare, with, rec) = (f(b), f(w), f(r));
         println!(
             "{name:<34} {:>10.1} ms {:>10.1} ms {:>7.2}x {:>10.1} ms {:>7.2}x",
             bare.as_secs_f64() * 1e3,
@@ -231,6 +208,29 @@ async fn main() {
         r.commits_per_sec,
         100.0 * r.commits_per_sec / w.commits_per_sec
     );
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .expect("join")
+        .expect("a private PostgreSQL (install the postgresql package)");
+    let (bare, _) = database(&pg, "bare", &[]).await;
+    let (with, with_url) = database(&pg, "with_triggers", &[INSTALL]).await;
+    let (records, records_url) = database(&pg, "with_records", &[INSTALL, RECORD_COLUMNS]).await;
+    let (listener, drain) = listen(&with_url).await;
+    let (records_listener, records_drain) = listen(&records_url).await;
+    println!(
+        "sql_overhead: {} rows per statement (median of {}), single-row commits for {} s each; \
+         the databases alternate, so all see the same noise",
+        a.rows, a.repeats, a.seconds
+    );
+    let figures = measure(&a, [&bare, &with, &records]).await;
+    drop((with, records, listener, records_listener));
+    let notifications = drain.await.unwrap_or(0) + records_drain.await.unwrap_or(0);
+    print_figures(&a, &figures);
     println!("notifications received by the listening connections: {notifications}");
     drop(pg);
 }
