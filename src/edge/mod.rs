@@ -2,6 +2,7 @@
 //! endpoints, the dashboard page) and the WebSocket ([`ws`]).
 
 pub(crate) mod http;
+pub(crate) mod tapped;
 pub mod ws;
 
 use std::convert::Infallible;

@@ -39,7 +39,7 @@ impl Action {
 }
 
 /// One row of the event log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Event {
     pub seq: i64,
     pub negocio_id: String,
@@ -60,7 +60,7 @@ pub struct Event {
 pub(crate) const MAX_RECORD_BYTES: usize = 8192;
 
 /// The record columns a DBA chose (`citas_realtime.set_record_columns`), after and before the
-/// change, as the JSON PostgreSQL's `to_jsonb` gives.
+/// change, as the JSON PostgreSQL's `to_json` gives.
 #[derive(Debug, Clone)]
 pub struct Records {
     /// The chosen columns after the change; `None` for a delete, or when too large.
@@ -71,18 +71,6 @@ pub struct Records {
     /// One of them was over [`MAX_RECORD_BYTES`] and was left out.
     pub truncated: bool,
 }
-
-impl PartialEq for Records {
-    fn eq(&self, other: &Records) -> bool {
-        let text =
-            |r: &Option<Box<serde_json::value::RawValue>>| r.as_ref().map(|r| r.get().to_string());
-        text(&self.record) == text(&other.record)
-            && text(&self.old_record) == text(&other.old_record)
-            && self.truncated == other.truncated
-    }
-}
-
-impl Eq for Records {}
 
 impl Records {
     /// From the log's `record` and `old_record`, as JSON text read at most

@@ -5,15 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::edge::http::counters::HttpCounters;
+use crate::edge::tapped::{ReadTap, Tapped};
 
 /// The pending connections, oldest first, each with the token that evicts it.
 #[derive(Debug, Default)]
@@ -113,68 +111,21 @@ impl Drop for PendingSlot {
 }
 
 /// A socket that tells its pending slot when it first hears from the client.
-pub(crate) struct Heard<S> {
-    inner: S,
-    /// Until the first byte: whom to tell.
-    tell: Option<(Arc<Pending>, u64)>,
+pub(crate) type Heard<S> = Tapped<S, FirstBytes>;
+
+/// Until the first bytes: whom to tell.
+pub(crate) struct FirstBytes(Option<(Arc<Pending>, u64)>);
+
+/// `inner`, telling `slot` when the client first sends something.
+pub(crate) fn heard<S>(inner: S, slot: &PendingSlot) -> Heard<S> {
+    Tapped::new(inner, FirstBytes(Some((slot.pending.clone(), slot.id))))
 }
 
-impl<S> Heard<S> {
-    pub(crate) fn new(inner: S, slot: &PendingSlot) -> Heard<S> {
-        Heard {
-            inner,
-            tell: Some((slot.pending.clone(), slot.id)),
+impl ReadTap for FirstBytes {
+    fn on_read(&mut self, _bytes: usize) -> io::Result<()> {
+        if let Some((pending, id)) = self.0.take() {
+            pending.heard(id);
         }
-    }
-
-    pub(crate) fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Heard<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            if let Some((pending, id)) = self.tell.take() {
-                pending.heard(id);
-            }
-        }
-        poll
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Heard<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Ok(())
     }
 }

@@ -31,7 +31,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use crate::edge::http::counters::HttpCounters;
-use crate::edge::http::pending::{Heard, Pending, PendingSlot};
+use crate::edge::http::pending::{heard, Pending, PendingSlot};
 use crate::fanout::hub::Hub;
 
 /// How often client errors are summed up in the log.
@@ -164,7 +164,7 @@ impl Connection {
         let _ = tcp.set_nodelay(true);
         let connection = self
             .builder
-            .serve_connection(TokioIo::new(Heard::new(tcp, &slot)), service)
+            .serve_connection(TokioIo::new(heard(tcp, &slot)), service)
             .with_upgrades();
         tokio::pin!(connection);
         let outcome = tokio::select! {

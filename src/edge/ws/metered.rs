@@ -7,11 +7,8 @@
 
 use std::io;
 use std::num::NonZeroU32;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
+use crate::edge::tapped::{ReadTap, Tapped};
 use crate::edge::ws::session::Limiter;
 
 /// What one message may cost, on average: control messages are small, an `auth` with a large
@@ -42,67 +39,28 @@ impl OverBudget {
     }
 }
 
-/// `inner`, with its reads metered.
-pub struct Metered<S> {
-    inner: S,
-    budget: Limiter,
+/// What a client may still send.
+pub struct Budget(Limiter);
+
+/// `inner`, its reads taken from a budget of `quota` bytes.
+pub fn metered<S>(inner: S, quota: governor::Quota) -> Tapped<S, Budget> {
+    Tapped::new(
+        inner,
+        Budget(Limiter::direct_with_clock(
+            quota,
+            governor::clock::MonotonicClock,
+        )),
+    )
 }
 
-impl<S> Metered<S> {
-    pub fn new(inner: S, quota: governor::Quota) -> Metered<S> {
-        Metered {
-            inner,
-            budget: Limiter::direct_with_clock(quota, governor::clock::MonotonicClock),
+impl ReadTap for Budget {
+    fn on_read(&mut self, bytes: usize) -> io::Result<()> {
+        let n =
+            NonZeroU32::new(u32::try_from(bytes).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        match self.0.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(io::Error::other(OverBudget)),
         }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        let Some(n) = NonZeroU32::new(u32::try_from(read).unwrap_or(u32::MAX)) else {
-            return poll;
-        };
-        match self.budget.check_n(n) {
-            Ok(Ok(())) => poll,
-            _ => Poll::Ready(Err(io::Error::other(OverBudget))),
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::jwt::{now_secs, Principal};
 use crate::edge::ws::cmd;
 use crate::edge::ws::connection::{close_frame, Connection, Flow, Incoming, Io};
-use crate::edge::ws::metered::{byte_quota, Metered, OverBudget};
+use crate::edge::ws::metered::{byte_quota, metered, OverBudget};
 use crate::edge::ws::session::{Limiter, Session};
 use crate::edge::ws::WsContext;
 use crate::fanout::frames::{self, ErrorCode, Outbound};
@@ -44,7 +44,7 @@ pub(crate) fn socket_config() -> WebSocketConfig {
 
 /// Serves one upgraded connection until it closes, however it closes.
 pub(crate) async fn serve<S: Io>(ctx: WsContext, io: S, principal: Principal) {
-    let io = Metered::new(io, byte_quota(ctx.limits.message_quota));
+    let io = metered(io, byte_quota(ctx.limits.message_quota));
     let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(socket_config())).await;
     let (queue, frames) = mpsc::channel::<Arc<Outbound>>(ctx.limits.queue_capacity);
     let me = Subscriber {
