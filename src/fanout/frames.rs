@@ -6,9 +6,12 @@
 //! `unsubscribed`, `authenticated`, `pong`, and `error` with an [`ErrorCode`]. (What clients
 //! send is [`crate::edge::ws::protocol`].)
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::log::event::{Action, Event};
@@ -27,9 +30,34 @@ pub fn channel(negocio_id: &str) -> String {
 pub struct Outbound {
     pub seq: i64,
     pub negocio_id: String,
-    pub frame: Message,
+    /// The whole WebSocket frame, header included: the bytes every subscriber's socket gets.
+    pub wire: Bytes,
     /// True for events (subject to replay de-duplication), false for statistics snapshots.
     pub is_event: bool,
+}
+
+impl Outbound {
+    pub fn new(seq: i64, negocio_id: &str, message: Message, is_event: bool) -> Outbound {
+        Outbound {
+            seq,
+            negocio_id: negocio_id.to_string(),
+            wire: encode(message),
+            is_event,
+        }
+    }
+}
+
+/// `message` as one unmasked server frame (RFC 6455 §5.2), framed by tungstenite once, so that
+/// each subscriber's write is a copy of ready bytes.
+pub fn encode(message: Message) -> Bytes {
+    let frame = match message {
+        Message::Text(text) => Frame::message(text, OpCode::Data(Data::Text), true),
+        other => Frame::message(other.into_data(), OpCode::Data(Data::Binary), true),
+    };
+    let mut wire = Vec::with_capacity(frame.len());
+    // Writing into a Vec cannot fail.
+    let _ = frame.format(&mut wire);
+    Bytes::from(wire)
 }
 
 /// Error codes clients branch on.
@@ -104,12 +132,12 @@ fn message_type(action: Action) -> &'static str {
 /// The shared, ready-to-send form of `event` for subscribers of `negocio_id` (its own negocio,
 /// or any negocio for a truncate).
 pub fn outbound(event: &Event, negocio_id: &str) -> std::sync::Arc<Outbound> {
-    std::sync::Arc::new(Outbound {
-        seq: event.seq,
-        negocio_id: negocio_id.to_string(),
-        frame: event_for(event, negocio_id),
-        is_event: true,
-    })
+    std::sync::Arc::new(Outbound::new(
+        event.seq,
+        negocio_id,
+        event_for(event, negocio_id),
+        true,
+    ))
 }
 
 /// What a subscriber of `negocio_id` receives for `event`: the event itself, or, for a

@@ -17,21 +17,21 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::fanout::frames::{self, Outbound};
+use crate::fanout::outlet::{Offered, Outlet};
 use crate::log::cursor::LogPosition;
 use crate::log::event::{Action, Event};
 
 /// Identifies one WebSocket connection.
 pub type ConnId = u64;
 
-/// The hub's handle on one connection: where to queue its frames, and how to kick it.
+/// The hub's handle on one connection: where its frames go, and how to kick it.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     pub id: ConnId,
-    pub queue: mpsc::Sender<Arc<Outbound>>,
+    pub outlet: Arc<dyn Outlet>,
     /// Cancelled by the hub when the queue overflowed: the connection must close with 1013.
     pub kicked: CancellationToken,
 }
@@ -70,6 +70,10 @@ pub enum Refused {
 /// The per-subject key of tokens without a `sub` claim (a token whose `sub` is `""` shares it
 /// too, which is no way around the limit either).
 const NO_SUBJECT: &str = "";
+
+/// Events with at most this many subscribers are written straight to idle sockets by the
+/// publishing thread; larger fan-outs are queued, so that every worker thread shares the writes.
+pub const DIRECT_FANOUT: usize = 1024;
 
 /// A reserved connection slot; released when dropped.
 #[derive(Debug)]
@@ -234,7 +238,7 @@ impl Hub {
             let channels = self.read();
             for entry in channels.get(negocio_id).into_iter().flatten() {
                 if entry.stats && only.is_none_or(|id| id == entry.sub.id) {
-                    if let Some(id) = offer(&entry.sub, &frame) {
+                    if let Some(id) = offer(&entry.sub, &frame, true) {
                         overflowed.push((negocio_id.to_string(), id));
                     }
                 }
@@ -262,8 +266,9 @@ impl Hub {
                 };
                 for (negocio_id, subs) in targets {
                     let frame = frames::outbound(event, negocio_id);
+                    let direct = subs.len() <= DIRECT_FANOUT;
                     for entry in subs {
-                        match offer(&entry.sub, &frame) {
+                        match offer(&entry.sub, &frame, direct) {
                             None => delivered += 1,
                             Some(id) => overflowed.push((negocio_id.clone(), id)),
                         }
@@ -302,20 +307,21 @@ impl Hub {
     }
 }
 
-/// Queues `frame` for `sub` without waiting. Returns the connection's id when its queue is full:
-/// it is kicked (its connection closes with 1013) and must be unsubscribed.
-fn offer(sub: &Subscriber, frame: &Arc<Outbound>) -> Option<ConnId> {
+/// Hands `frame` to `sub` without waiting (written directly if `direct` and it is idle). Returns
+/// the connection's id when its queue is full: it is kicked (its connection closes with 1013)
+/// and must be unsubscribed.
+fn offer(sub: &Subscriber, frame: &Arc<Outbound>, direct: bool) -> Option<ConnId> {
     if sub.kicked.is_cancelled() {
         return None;
     }
-    match sub.queue.try_send(frame.clone()) {
-        Ok(()) => None,
-        Err(mpsc::error::TrySendError::Full(_)) => {
+    match sub.outlet.offer(frame, direct) {
+        Offered::Written | Offered::Queued => None,
+        Offered::Full => {
             sub.kicked.cancel();
             Some(sub.id)
         }
         // The connection is closing; it removes itself.
-        Err(mpsc::error::TrySendError::Closed(_)) => None,
+        Offered::Closed => None,
     }
 }
 
@@ -346,11 +352,13 @@ mod tests {
         }
     }
 
+    use tokio::sync::mpsc;
+
     fn subscriber(hub: &Hub, capacity: usize) -> (Subscriber, mpsc::Receiver<Arc<Outbound>>) {
         let (queue, rx) = mpsc::channel(capacity);
         let sub = Subscriber {
             id: hub.next_conn_id(),
-            queue,
+            outlet: Arc::new(queue),
             kicked: CancellationToken::new(),
         };
         (sub, rx)

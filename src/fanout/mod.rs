@@ -3,6 +3,7 @@
 
 pub mod frames;
 pub mod hub;
+pub mod outlet;
 pub mod stats;
 
 use std::sync::Arc;

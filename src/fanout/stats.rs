@@ -200,12 +200,12 @@ impl Stats {
                     state.dirty.insert(negocio.to_string());
                     return;
                 }
-                let frame = Arc::new(Outbound {
+                let frame = Arc::new(Outbound::new(
                     seq,
-                    negocio_id: negocio.to_string(),
-                    frame: frames::snapshot(&channel, data, seq),
-                    is_event: false,
-                });
+                    negocio,
+                    frames::snapshot(&channel, data, seq),
+                    false,
+                ));
                 {
                     let mut state = self.state();
                     if !state.dirty.contains(negocio) {
@@ -225,16 +225,16 @@ impl Stats {
                 };
                 tracing::warn!(negocio, %reason, "statistics unavailable");
                 self.state().waiting.remove(negocio);
-                let frame = Arc::new(Outbound {
-                    seq: 0,
-                    negocio_id: negocio.to_string(),
-                    frame: frames::error(
+                let frame = Arc::new(Outbound::new(
+                    0,
+                    negocio,
+                    frames::error(
                         ErrorCode::StatsUnavailable,
                         &format!("citas_realtime.estadisticas failed: {reason}"),
                         Some(&channel),
                     ),
-                    is_event: false,
-                });
+                    false,
+                ));
                 self.hub.push_stats(negocio, frame, None);
             }
         }

@@ -1,16 +1,26 @@
-//! One WebSocket's outgoing half: it only frames and writes. Every write feeds its frames and
-//! flushes once, bounded in time, and gives way at once when the hub kicks the client.
+//! One WebSocket's outgoing half: it only frames and writes. Replies go through tungstenite,
+//! events (framed once by the hub) straight to the socket's [`SocketOutlet`]; both end up in
+//! the same ordered stream of whole frames. Every write flushes once, bounded in time, and gives
+//! way at once when the hub kicks the client.
 
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::edge::tapped::Tapped;
+use crate::edge::ws::metered::Budget;
+use crate::edge::ws::outlet::{Backlogged, SharedIo, SocketOutlet};
 
 /// A client that accepts no data for this long is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,7 +32,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
-pub(crate) type Incoming<S> = SplitStream<WebSocketStream<S>>;
+/// What tungstenite runs on: the shared socket, its reads paid for.
+pub(crate) type Socket<S> = Tapped<SharedIo<S>, Budget>;
+
+pub(crate) type Incoming<S> = SplitStream<WebSocketStream<Socket<S>>>;
 
 /// How a write went.
 pub(crate) enum Written {
@@ -67,6 +80,34 @@ impl From<Written> for Flow {
     }
 }
 
+/// `io` within [`WRITE_TIMEOUT`], or [`Written::Slow`] as soon as the hub kicks the client.
+async fn bounded<E>(
+    kicked: &CancellationToken,
+    io: impl Future<Output = Result<(), E>>,
+    failed: impl FnOnce(E) -> Written,
+) -> Written {
+    // Biased, the write first: it almost always completes at once, and then the kick future is
+    // never polled (polling it registers a waiter).
+    tokio::select! {
+        biased;
+        result = tokio::time::timeout(WRITE_TIMEOUT, io) => match result {
+            Ok(Ok(())) => Written::Ok,
+            Ok(Err(error)) => failed(error),
+            Err(_) => Written::Slow,
+        },
+        _ = kicked.cancelled() => Written::Slow,
+    }
+}
+
+/// A client whose backlog is full is slow; any other failure means the socket is gone.
+fn io_failed(error: &io::Error) -> Written {
+    if Backlogged::is(error) {
+        Written::Slow
+    } else {
+        Written::Gone
+    }
+}
+
 pub(crate) fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
     CloseFrame {
         code,
@@ -76,21 +117,35 @@ pub(crate) fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
 
 /// The writing half of one client's socket.
 pub(crate) struct Connection<S> {
-    sink: SplitSink<WebSocketStream<S>, Message>,
+    sink: SplitSink<WebSocketStream<Socket<S>>, Message>,
+    /// The socket's ordered writes, shared with the hub.
+    outlet: Arc<SocketOutlet<S>>,
     /// Cancelled by the hub when the client's queue overflowed.
     kicked: CancellationToken,
 }
 
 impl<S: Io> Connection<S> {
     pub(crate) fn new(
-        socket: WebSocketStream<S>,
+        socket: WebSocketStream<Socket<S>>,
+        outlet: Arc<SocketOutlet<S>>,
         kicked: CancellationToken,
     ) -> (Self, Incoming<S>) {
         let (sink, incoming) = socket.split();
-        (Connection { sink, kicked }, incoming)
+        (
+            Connection {
+                sink,
+                outlet,
+                kicked,
+            },
+            incoming,
+        )
     }
 
-    /// Feeds every frame and flushes once.
+    pub(crate) fn outlet(&self) -> &SocketOutlet<S> {
+        &self.outlet
+    }
+
+    /// Feeds every message to tungstenite and flushes once.
     pub(crate) async fn write(&mut self, frames: impl Iterator<Item = Message>) -> Written {
         let sink = &mut self.sink;
         let io = async {
@@ -99,17 +154,30 @@ impl<S: Io> Connection<S> {
             }
             sink.flush().await
         };
-        // Biased, the write first: it almost always completes at once, and then the kick
-        // future is never polled (polling it registers a waiter).
-        tokio::select! {
-            biased;
-            result = tokio::time::timeout(WRITE_TIMEOUT, io) => match result {
-                Ok(Ok(())) => Written::Ok,
-                Ok(Err(WsError::WriteBufferFull(_))) | Err(_) => Written::Slow,
-                Ok(Err(_)) => Written::Gone,
-            },
-            _ = self.kicked.cancelled() => Written::Slow,
-        }
+        let kicked = &self.kicked;
+        bounded(kicked, io, |error| match error {
+            WsError::WriteBufferFull(_) => Written::Slow,
+            WsError::Io(error) => io_failed(&error),
+            _ => Written::Gone,
+        })
+        .await
+    }
+
+    /// Writes frames the hub framed (whole WebSocket frames), then flushes once.
+    pub(crate) async fn write_wire(&mut self, frames: impl Iterator<Item = Bytes>) -> Written {
+        let mut socket = SharedIo(self.outlet.clone());
+        let io = async {
+            for frame in frames {
+                socket.write_all(&frame).await?;
+            }
+            socket.flush().await
+        };
+        bounded(&self.kicked, io, |error| io_failed(&error)).await
+    }
+
+    /// Writes out what waits in the socket's backlog.
+    pub(crate) async fn flush(&mut self) -> Written {
+        self.write_wire(std::iter::empty()).await
     }
 
     /// Ends the connection: with `frame` (waiting, a little, for the client's reply, so the

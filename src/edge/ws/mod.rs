@@ -16,6 +16,7 @@
 pub(crate) mod cmd;
 pub(crate) mod connection;
 pub(crate) mod metered;
+pub(crate) mod outlet;
 pub mod protocol;
 pub(crate) mod replay;
 pub(crate) mod session;

@@ -61,7 +61,7 @@ pub(crate) async fn replay<S: Io>(
 /// for at once.
 fn page_limit<S: Io>(session: &Session<S>) -> i64 {
     let burst = session.ctx.limits.replay_quota.burst_size().get();
-    (session.me.queue.capacity() as i64)
+    (session.conn.outlet().queue_room() as i64)
         .clamp(1, REPLAY_PAGE)
         .min(i64::from(burst))
 }

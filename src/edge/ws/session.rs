@@ -4,6 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::jwt::Principal;
@@ -60,12 +62,16 @@ impl<S: Io> Session<S> {
         self.conn.write(frames).await.into()
     }
 
-    /// Writes a batch from the live queue, skipping what a replay already sent.
+    /// Writes a batch from the live queue, skipping what a replay already sent (and the empty
+    /// frames that only ask for a flush, which [`crate::edge::ws::transport`] does anyway).
     pub(crate) async fn send_live(&mut self, batch: &mut Vec<Arc<Outbound>>) -> Flow {
         let replayed = &mut self.replayed;
-        let frames: Vec<Message> = batch
+        let frames: Vec<Bytes> = batch
             .drain(..)
             .filter(|out| {
+                if out.wire.is_empty() {
+                    return false;
+                }
                 let Some(seqs) = replayed.get_mut(&out.negocio_id).filter(|_| out.is_event) else {
                     return true;
                 };
@@ -75,12 +81,12 @@ impl<S: Io> Session<S> {
                 }
                 !duplicate
             })
-            .map(|out| out.frame.clone())
+            .map(|out| out.wire.clone())
             .collect();
         if frames.is_empty() {
             return Written::Ok.into();
         }
-        self.write(frames.into_iter()).await
+        self.conn.write_wire(frames.into_iter()).await.into()
     }
 
     /// Ends the subscription to `negocio`; false when there was none.

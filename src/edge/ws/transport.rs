@@ -21,6 +21,7 @@ use crate::auth::jwt::{now_secs, Principal};
 use crate::edge::ws::cmd;
 use crate::edge::ws::connection::{close_frame, Connection, Flow, Incoming, Io};
 use crate::edge::ws::metered::{byte_quota, metered, OverBudget};
+use crate::edge::ws::outlet::{Release, SharedIo, SocketOutlet};
 use crate::edge::ws::session::{Limiter, Session};
 use crate::edge::ws::WsContext;
 use crate::fanout::frames::{self, ErrorCode, Outbound};
@@ -44,15 +45,16 @@ pub(crate) fn socket_config() -> WebSocketConfig {
 
 /// Serves one upgraded connection until it closes, however it closes.
 pub(crate) async fn serve<S: Io>(ctx: WsContext, io: S, principal: Principal) {
-    let io = metered(io, byte_quota(ctx.limits.message_quota));
-    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(socket_config())).await;
     let (queue, frames) = mpsc::channel::<Arc<Outbound>>(ctx.limits.queue_capacity);
+    let outlet = SocketOutlet::new(io, queue);
+    let io = metered(SharedIo(outlet.clone()), byte_quota(ctx.limits.message_quota));
+    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(socket_config())).await;
     let me = Subscriber {
         id: ctx.hub.next_conn_id(),
-        queue,
+        outlet: outlet.clone(),
         kicked: CancellationToken::new(),
     };
-    let (conn, incoming) = Connection::new(socket, me.kicked.clone());
+    let (conn, incoming) = Connection::new(socket, outlet, me.kicked.clone());
     let id = me.id;
     tracing::debug!(conn = id, subject = ?principal.subject, "client connected");
     let mut session = Session::new(ctx, me, principal, conn);
@@ -112,6 +114,10 @@ impl<S: Io> Transport<S> {
     /// Runs until the connection must end; returns how.
     async fn run(&mut self, session: &mut Session<S>) -> Flow {
         loop {
+            let flow = self.settle(session).await;
+            if !flow.is_continue() {
+                return flow;
+            }
             let flow = tokio::select! {
                 biased;
                 _ = session.ctx.shutdown.cancelled() => {
@@ -137,6 +143,27 @@ impl<S: Io> Transport<S> {
         }
     }
 
+    /// Hands the socket's writes back to the hub once nothing is queued, half-written, or
+    /// expected again from a replay; until then the hub queues, and this task writes.
+    async fn settle(&mut self, session: &mut Session<S>) -> Flow {
+        loop {
+            let (frames, replayed) = (&self.frames, &session.replayed);
+            match session
+                .conn
+                .outlet()
+                .release(|| frames.is_empty() && replayed.is_empty())
+            {
+                Release::Idle | Release::Busy => return Flow::Continue,
+                Release::Flush => {
+                    let flow = Flow::from(session.conn.flush().await);
+                    if !flow.is_continue() {
+                        return flow;
+                    }
+                }
+            }
+        }
+    }
+
     /// A ping, or the end of a client that stopped answering them.
     async fn ping(&mut self, session: &mut Session<S>) -> Flow {
         if self.last_heard.elapsed() > session.ctx.limits.ping_interval * 2 {
@@ -153,6 +180,8 @@ impl<S: Io> Transport<S> {
         incoming: Option<Result<Message, WsError>>,
     ) -> Flow {
         self.last_heard = Instant::now();
+        // Whatever the message does (subscribe, replay), no live event may overtake it.
+        session.conn.outlet().hold();
         match incoming {
             // Every frame a client sends counts, pings and pongs included (a ping costs us a
             // pong); only its Close does not.

@@ -1,0 +1,245 @@
+//! One socket's writing side, shared by the connection's task and the hub's direct writes.
+//!
+//! Every byte for the client goes through one lock and one backlog, in order: the hub's direct
+//! writes ([`Outlet::offer`]), tungstenite's frames (the socket the task's WebSocket runs on is a
+//! [`SharedIo`] of the same outlet), and the events the task writes from its queue. Invariants,
+//! all kept under the lock:
+//! - **Whole frames.** A write is taken whole or not at all: what the socket does not take now
+//!   goes to the backlog, which is written before anything else. So a direct write never lands
+//!   inside another frame.
+//! - **Order.** The hub writes directly only when the task is not `busy`, the backlog is empty
+//!   and (therefore) the queue is empty. Whenever the hub queues, it marks the task busy, and the
+//!   task clears `busy` only once its queue, its replay de-duplication and the backlog are all
+//!   empty. While the task handles a client's message it holds `busy`, so a `subscribed` reply
+//!   or a replay is never overtaken by a live event.
+//! - **Bounded.** The backlog holds at most [`BACKLOG_LIMIT`] bytes; a client that lets more
+//!   pile up is too slow, and is closed with 1013 like one whose queue overflows.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::edge::ws::connection::Io;
+use crate::fanout::frames::Outbound;
+use crate::fanout::outlet::{queue, Offered, Outlet};
+
+/// The most bytes a client may leave unread beyond what its socket buffers.
+pub const BACKLOG_LIMIT: usize = 256 * 1024;
+
+/// The write error of a client whose backlog is full.
+#[derive(Debug, thiserror::Error)]
+#[error("the client left more than {BACKLOG_LIMIT} bytes unread")]
+pub struct Backlogged;
+
+impl Backlogged {
+    /// True when `error` is this one.
+    pub fn is(error: &io::Error) -> bool {
+        error.get_ref().is_some_and(|e| e.is::<Backlogged>())
+    }
+}
+
+/// What the task must do before the hub may write directly again.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// Done: the connection is idle.
+    Idle,
+    /// Frames are queued, or a replay's duplicates are still expected: keep serving the queue.
+    Busy,
+    /// Bytes wait in the backlog: flush, then try again.
+    Flush,
+}
+
+/// One socket, its backlog, and its connection's queue.
+pub(crate) struct SocketOutlet<S> {
+    state: Mutex<State<S>>,
+    queue: mpsc::Sender<Arc<Outbound>>,
+}
+
+struct State<S> {
+    io: S,
+    /// Accepted for the client, not yet taken by the socket: the rest of a frame, then whole
+    /// frames.
+    backlog: BytesMut,
+    /// The task owns the writes: the hub must queue.
+    busy: bool,
+}
+
+impl<S> std::fmt::Debug for SocketOutlet<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketOutlet").finish_non_exhaustive()
+    }
+}
+
+impl<S: Io> SocketOutlet<S> {
+    /// The outlet of `io`, whose task reads `queue`; busy until the task first releases it.
+    pub(crate) fn new(io: S, queue: mpsc::Sender<Arc<Outbound>>) -> Arc<SocketOutlet<S>> {
+        Arc::new(SocketOutlet {
+            state: Mutex::new(State {
+                io,
+                backlog: BytesMut::new(),
+                busy: true,
+            }),
+            queue,
+        })
+    }
+
+    // Nothing panics while holding the lock except in the socket's own code; the state (a
+    // buffer and a flag) is consistent after every step, so a poisoned lock is still usable.
+    fn lock(&self) -> MutexGuard<'_, State<S>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The task takes over the writes (it is about to handle a client's message).
+    pub(crate) fn hold(&self) {
+        self.lock().busy = true;
+    }
+
+    /// Hands the writes back to the hub when `idle()` (checked under the lock, so no frame can
+    /// be queued in between) and nothing is left in the backlog.
+    pub(crate) fn release(&self, idle: impl FnOnce() -> bool) -> Release {
+        let mut state = self.lock();
+        if !state.backlog.is_empty() {
+            Release::Flush
+        } else if idle() {
+            state.busy = false;
+            Release::Idle
+        } else {
+            Release::Busy
+        }
+    }
+
+    /// Room left in the queue.
+    pub(crate) fn queue_room(&self) -> usize {
+        self.queue.capacity()
+    }
+}
+
+impl<S: Io> Outlet for SocketOutlet<S> {
+    fn offer(&self, frame: &Arc<Outbound>, direct: bool) -> Offered {
+        let mut state = self.lock();
+        if direct && !state.busy && state.backlog.is_empty() {
+            if let Some(n) = state.write_now(&frame.wire) {
+                if n < frame.wire.len() {
+                    // The task finishes the frame; the empty marker wakes it to.
+                    state.backlog.extend_from_slice(&frame.wire[n..]);
+                    state.busy = true;
+                    let _ = queue(&self.queue, &Arc::new(flush_marker()));
+                }
+                return Offered::Written;
+            }
+        }
+        state.busy = true;
+        queue(&self.queue, frame)
+    }
+}
+
+/// A queued frame with nothing to write: it wakes the task to flush the backlog.
+fn flush_marker() -> Outbound {
+    Outbound {
+        seq: 0,
+        negocio_id: String::new(),
+        wire: Bytes::new(),
+        is_event: false,
+    }
+}
+
+impl<S: Io> State<S> {
+    /// Writes what the socket takes without waiting; `None` when it takes nothing now (full,
+    /// or failed: the task meets the error on its own write).
+    fn write_now(&mut self, bytes: &[u8]) -> Option<usize> {
+        // A waker that does nothing: no one waits on this write. The socket keeps it as its
+        // write waker only until the task's next write, which happens before the task waits on
+        // the socket (the task waits only while busy, and then the hub does not write).
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(&mut self.io).poll_write(&mut cx, bytes) {
+            Poll::Ready(Ok(n)) if n > 0 => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Writes the backlog out; ready when it is empty.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.backlog.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.backlog) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.backlog.advance(n),
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes all of `bytes`: written now as far as the socket allows, the rest to the backlog.
+    fn accept(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        let written = match self.drain(cx) {
+            Poll::Ready(Ok(())) => match Pin::new(&mut self.io).poll_write(cx, bytes) {
+                Poll::Ready(Ok(0)) if !bytes.is_empty() => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => 0,
+            },
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Pending => 0,
+        };
+        let rest = &bytes[written..];
+        if self.backlog.len() + rest.len() > BACKLOG_LIMIT {
+            return Poll::Ready(Err(io::Error::other(Backlogged)));
+        }
+        self.backlog.extend_from_slice(rest);
+        Poll::Ready(Ok(bytes.len()))
+    }
+}
+
+/// The socket as the task's WebSocket sees it: reads pass through, writes join the outlet's
+/// order. A clone is another handle on the same socket.
+pub(crate) struct SharedIo<S>(pub(crate) Arc<SocketOutlet<S>>);
+
+impl<S> Clone for SharedIo<S> {
+    fn clone(&self) -> Self {
+        SharedIo(self.0.clone())
+    }
+}
+
+impl<S: Io> AsyncRead for SharedIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0.lock().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: Io> AsyncWrite for SharedIo<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.0.lock().accept(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.0.lock();
+        match state.drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut state.io).poll_flush(cx),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.0.lock();
+        match state.drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut state.io).poll_shutdown(cx),
+            other => other,
+        }
+    }
+}
