@@ -250,6 +250,45 @@ async fn stalled_clients_are_dropped_and_the_others_get_everything() {
     assert_eq!(health["slow_clients_kicked"], 20);
 }
 
+/// A client stops reading until its socket is full, then reads again. Frames of about 3 KB
+/// each are then written partly at once and partly later (the rest of one frame, then the
+/// frames queued meanwhile): the client must get every event whole and in order, not be
+/// dropped, and a reading client of the same negocio must not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pauses_reading_gets_every_event_whole_and_in_order() {
+    const EVENTS: usize = 60;
+    let db = TestDb::new().await;
+    db.execute("select citas_realtime.set_record_columns(array['cliente_id'])")
+        .await;
+    let app = spawn_app(&db.url).await;
+    let hub = app.server.as_ref().unwrap().hub.clone();
+    let mut paused = stalled_client(app.addr, "pause").await;
+    let mut reader = app.subscriber(&["pause"]).await;
+    for i in 0..EVENTS {
+        db.execute(&format!(
+            "insert into citas (negocio_id, cliente_id) values ('pause', repeat('{}', 3000))",
+            i % 10
+        ))
+        .await;
+    }
+    let logged: Vec<i64> = db.logged("pause").await.iter().map(|(s, _)| *s).collect();
+    assert_eq!(logged.len(), EVENTS);
+    // The reading client gets everything while the other still reads nothing.
+    assert_eq!(seqs(&reader.events(EVENTS).await), logged);
+    let deadline = Instant::now() + DEADLINE;
+    while hub.stats().delivered < 2 * EVENTS as u64 {
+        assert!(Instant::now() < deadline, "the events were never handed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = paused.events(EVENTS).await;
+    assert_eq!(seqs(&got), logged, "every event, in order");
+    for (i, event) in got.iter().enumerate() {
+        let cliente = event["data"]["record"]["cliente_id"].as_str().unwrap();
+        assert_eq!(cliente, (i % 10).to_string().repeat(3000));
+    }
+    assert_eq!(hub.stats().slow_clients_kicked, 0);
+}
+
 #[tokio::test]
 async fn a_client_that_stops_answering_pings_is_dropped() {
     let db = TestDb::new().await;

@@ -243,3 +243,68 @@ impl<S: Io> AsyncWrite for SharedIo<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn frame(byte: u8, len: usize) -> Arc<Outbound> {
+        Arc::new(Outbound {
+            seq: i64::from(byte),
+            negocio_id: "n".into(),
+            wire: Bytes::from(vec![byte; len]),
+            is_event: true,
+        })
+    }
+
+    /// A socket that takes 64 bytes at most: a 100-byte frame is written in part, the rest and
+    /// the next frames follow in order, whole, once the task flushes.
+    #[tokio::test]
+    async fn a_frame_written_in_part_is_finished_before_the_next() {
+        let (server, mut client) = tokio::io::duplex(64);
+        let (queue, mut frames) = mpsc::channel(8);
+        let outlet = SocketOutlet::new(server, queue);
+        assert_eq!(outlet.offer(&frame(1, 10), true), Offered::Queued, "busy at first");
+        assert_eq!(frames.recv().await.unwrap().seq, 1);
+        let mut io = SharedIo(outlet.clone());
+        io.write_all(&[1; 10]).await.unwrap();
+        assert_eq!(outlet.release(|| frames.is_empty()), Release::Idle);
+
+        assert_eq!(outlet.offer(&frame(2, 100), true), Offered::Written);
+        // The rest of frame 2 waits: frame 3 is queued behind it, and the task is woken.
+        assert_eq!(outlet.offer(&frame(3, 20), true), Offered::Queued);
+        assert_eq!(outlet.release(|| frames.is_empty()), Release::Flush);
+        let marker = frames.recv().await.unwrap();
+        assert!(marker.wire.is_empty());
+        let third = frames.recv().await.unwrap();
+        let writer = tokio::spawn(async move {
+            io.write_all(&third.wire).await.unwrap();
+            io.flush().await.unwrap();
+            io
+        });
+        let mut got = vec![0u8; 130];
+        client.read_exact(&mut got).await.unwrap();
+        writer.await.unwrap();
+        let mut want = vec![1u8; 10];
+        want.extend([2u8; 100]);
+        want.extend([3u8; 20]);
+        assert_eq!(got, want);
+        assert_eq!(outlet.release(|| frames.is_empty()), Release::Idle);
+        assert_eq!(outlet.offer(&frame(4, 5), true), Offered::Written);
+    }
+
+    /// A client that reads nothing: beyond the backlog's limit, writes fail as [`Backlogged`].
+    #[tokio::test]
+    async fn the_backlog_is_bounded() {
+        let (server, _client) = tokio::io::duplex(64);
+        let (queue, _frames) = mpsc::channel(8);
+        let mut io = SharedIo(SocketOutlet::new(server, queue));
+        let chunk = vec![0u8; 64 * 1024];
+        for _ in 0..4 {
+            io.write_all(&chunk).await.unwrap();
+        }
+        let error = io.write_all(&chunk).await.unwrap_err();
+        assert!(Backlogged::is(&error), "{error}");
+    }
+}
