@@ -285,3 +285,44 @@ async fn concurrent_writers_lose_nothing() {
     assert_eq!(got.len(), 2000);
     assert_eq!(got, logged);
 }
+
+/// Events for idle subscribers are written straight to their sockets by the publishing thread
+/// (no task woken per recipient): `/metrics` counts them apart, and the clients get them all,
+/// in order, the same as through the queue. 300 subscribers: more writes in one go than tokio's
+/// cooperative budget (128) allows a task, which must not push the rest onto the queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_for_idle_subscribers_are_written_directly() {
+    const CLIENTS: usize = 300;
+    const EVENTS: usize = 5;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let mut ws = app
+            .ws(&token(json!({"negocio_id": "direct", "sub": format!("c{i}")})))
+            .await;
+        ws.subscribe("direct").await;
+        clients.push(ws);
+    }
+    for _ in 0..EVENTS {
+        db.execute("insert into citas (negocio_id) values ('direct')")
+            .await;
+    }
+    let logged: Vec<i64> = db.logged("direct").await.iter().map(|(s, _)| *s).collect();
+    for ws in &mut clients {
+        let got: Vec<i64> = ws.events(EVENTS).await.iter().map(|e| brief(e).2).collect();
+        assert_eq!(got, logged);
+    }
+    let stats = app.server.as_ref().unwrap().hub.stats();
+    let sent = (CLIENTS * EVENTS) as u64;
+    assert_eq!(stats.delivered, sent);
+    // Every client is idle when the events come (5 small frames fit its socket's buffers);
+    // allow a few that met their connection busy.
+    assert!(
+        stats.written_directly >= sent * 9 / 10,
+        "only {} of {sent} written directly",
+        stats.written_directly
+    );
+    let direct = crate::helpers::metric(&app, "citas_realtime_frames_written_directly_total").await;
+    assert_eq!(direct, stats.written_directly as f64);
+}

@@ -70,6 +70,7 @@ struct Mirrors {
     listener_up: IntGauge,
     events_read: IntCounter,
     delivered: IntCounter,
+    written_directly: IntCounter,
     slow_drops: IntCounter,
     reconnects: IntCounter,
     replayed: IntCounter,
@@ -94,7 +95,12 @@ impl Mirrors {
             ),
             delivered: counter(
                 "citas_realtime_events_delivered_total",
-                "Event frames queued to subscribers (one per subscriber per event)",
+                "Event frames handed to subscribers (one per subscriber per event)",
+            ),
+            written_directly: counter(
+                "citas_realtime_frames_written_directly_total",
+                "Of those, frames written straight to an idle socket by the publishing thread \
+                 (the rest were queued for the connection's task)",
             ),
             slow_drops: counter(
                 "citas_realtime_slow_client_drops_total",
@@ -135,6 +141,7 @@ impl Mirrors {
         for c in [
             &self.events_read,
             &self.delivered,
+            &self.written_directly,
             &self.slow_drops,
             &self.reconnects,
             &self.replayed,
@@ -204,6 +211,7 @@ impl Metrics {
         let forward = |c: &IntCounter, now: u64| c.inc_by(now.saturating_sub(c.get()));
         forward(&m.events_read, s.status.events_read());
         forward(&m.delivered, hub.delivered);
+        forward(&m.written_directly, hub.written_directly);
         forward(&m.slow_drops, hub.slow_clients_kicked);
         forward(&m.reconnects, s.status.reconnects());
         forward(&m.replayed, hub.replayed);

@@ -15,6 +15,7 @@
 //! - **Bounded.** The backlog holds at most [`BACKLOG_LIMIT`] bytes; a client that lets more
 //!   pile up is too slow, and is closed with 1013 like one whose queue overflows.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -156,7 +157,13 @@ impl<S: Io> State<S> {
         // write waker only until the task's next write, which happens before the task waits on
         // the socket (the task waits only while busy, and then the hub does not write).
         let mut cx = Context::from_waker(Waker::noop());
-        match Pin::new(&mut self.io).poll_write(&mut cx, bytes) {
+        // Outside tokio's cooperative budget: the publishing task writes to many sockets in one
+        // poll, and past its budget (128 operations) every write would say "not now".
+        let io = &mut self.io;
+        let write = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            Pin::new(&mut *io).poll_write(cx, bytes)
+        }));
+        match std::pin::pin!(write).poll(&mut cx) {
             Poll::Ready(Ok(n)) if n > 0 => Some(n),
             _ => None,
         }
