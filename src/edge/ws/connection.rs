@@ -8,7 +8,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -24,6 +24,8 @@ use crate::edge::ws::outlet::{Backlogged, SharedIo, SocketOutlet};
 
 /// A client that accepts no data for this long is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most bytes of queued frames gathered into one write.
+const GATHER: usize = 64 * 1024;
 /// How long a closing handshake may take before the socket is simply dropped. A client kicked
 /// for being slow needs time to drain what is already on its way before it sees the close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -163,12 +165,20 @@ impl<S: Io> Connection<S> {
         .await
     }
 
-    /// Writes frames the hub framed (whole WebSocket frames), then flushes once.
+    /// Writes frames the hub framed (whole WebSocket frames), gathered into writes of up to
+    /// [`GATHER`] bytes (one system call each, not one per frame), then flushes once.
     pub(crate) async fn write_wire(&mut self, frames: impl Iterator<Item = Bytes>) -> Written {
         let mut socket = SharedIo(self.outlet.clone());
         let io = async {
+            let mut gathered = BytesMut::new();
             for frame in frames {
-                socket.write_all(&frame).await?;
+                if !gathered.is_empty() && gathered.len() + frame.len() > GATHER {
+                    socket.write_all(&gathered.split()).await?;
+                }
+                gathered.extend_from_slice(&frame);
+            }
+            if !gathered.is_empty() {
+                socket.write_all(&gathered).await?;
             }
             socket.flush().await
         };

@@ -272,7 +272,11 @@ mod tests {
         let (server, mut client) = tokio::io::duplex(64);
         let (queue, mut frames) = mpsc::channel(8);
         let outlet = SocketOutlet::new(server, queue);
-        assert_eq!(outlet.offer(&frame(1, 10), true), Offered::Queued, "busy at first");
+        assert_eq!(
+            outlet.offer(&frame(1, 10), true),
+            Offered::Queued,
+            "busy at first"
+        );
         assert_eq!(frames.recv().await.unwrap().seq, 1);
         let mut io = SharedIo(outlet.clone());
         io.write_all(&[1; 10]).await.unwrap();

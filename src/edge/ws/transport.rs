@@ -47,7 +47,10 @@ pub(crate) fn socket_config() -> WebSocketConfig {
 pub(crate) async fn serve<S: Io>(ctx: WsContext, io: S, principal: Principal) {
     let (queue, frames) = mpsc::channel::<Arc<Outbound>>(ctx.limits.queue_capacity);
     let outlet = SocketOutlet::new(io, queue);
-    let io = metered(SharedIo(outlet.clone()), byte_quota(ctx.limits.message_quota));
+    let io = metered(
+        SharedIo(outlet.clone()),
+        byte_quota(ctx.limits.message_quota),
+    );
     let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(socket_config())).await;
     let me = Subscriber {
         id: ctx.hub.next_conn_id(),
