@@ -299,7 +299,9 @@ async fn events_for_idle_subscribers_are_written_directly() {
     let mut clients = Vec::with_capacity(CLIENTS);
     for i in 0..CLIENTS {
         let mut ws = app
-            .ws(&token(json!({"negocio_id": "direct", "sub": format!("c{i}")})))
+            .ws(&token(
+                json!({"negocio_id": "direct", "sub": format!("c{i}")}),
+            ))
             .await;
         ws.subscribe("direct").await;
         clients.push(ws);

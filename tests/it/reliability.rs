@@ -277,7 +277,10 @@ async fn a_client_that_pauses_reading_gets_every_event_whole_and_in_order() {
     assert_eq!(seqs(&reader.events(EVENTS).await), logged);
     let deadline = Instant::now() + DEADLINE;
     while hub.stats().delivered < 2 * EVENTS as u64 {
-        assert!(Instant::now() < deadline, "the events were never handed out");
+        assert!(
+            Instant::now() < deadline,
+            "the events were never handed out"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let got = paused.events(EVENTS).await;

@@ -9,20 +9,28 @@ use serde_json::{json, Value};
 use crate::client::ClientResult;
 use crate::Args;
 
-/// CPU seconds used so far by the server, this generator and PostgreSQL.
+/// CPU seconds used so far by the server, this generator and PostgreSQL, and of PostgreSQL's
+/// the part spent serving the server's own sessions (its listener and pool: reads of the log,
+/// never the writes).
 #[derive(Clone, Copy)]
 pub(crate) struct Cpu {
     server: f64,
     loadgen: f64,
     postgres: f64,
+    postgres_for_server: f64,
 }
 
 impl Cpu {
-    pub(crate) fn now(server_pid: u32) -> Cpu {
+    /// Now; `backends` are the PostgreSQL processes serving the server's sessions.
+    pub(crate) fn now(server_pid: u32, backends: &[u32]) -> Cpu {
         Cpu {
             server: crate::procfs::cpu_secs(server_pid),
             loadgen: crate::procfs::cpu_secs(std::process::id()),
             postgres: crate::procfs::postgres_cpu_secs(),
+            postgres_for_server: backends
+                .iter()
+                .map(|&pid| crate::procfs::cpu_secs(pid))
+                .sum(),
         }
     }
 }
@@ -125,6 +133,8 @@ pub(crate) fn compute(args: &Args, results: &[ClientResult], m: &Measured) -> (V
                     "cpu_cores": (cpu1.server - cpu0.server) / m.wall_secs},
         "loadgen_cpu_cores": (cpu1.loadgen - cpu0.loadgen) / m.wall_secs,
         "postgres_cpu_cores": (cpu1.postgres - cpu0.postgres) / m.wall_secs,
+        "postgres_for_server_cpu_cores":
+            (cpu1.postgres_for_server - cpu0.postgres_for_server) / m.wall_secs,
         "stats": if args.stats {
             json!({"snapshots_received": t.snapshots, "queries": m.stats_queries})
         } else {
@@ -187,9 +197,11 @@ pub(crate) fn print_table(f: &Value) {
         s["rss_per_connection_kib"].as_f64().unwrap_or(0.0)
     );
     println!(
-        "CPU cores used             server {:.2}  postgres {:.2}  loadgen {:.2}",
+        "CPU cores used             server {:.2}  postgres {:.2} (serving the server's reads \
+         {:.3})  loadgen {:.2}",
         s["cpu_cores"].as_f64().unwrap_or(0.0),
         f["postgres_cpu_cores"].as_f64().unwrap_or(0.0),
+        f["postgres_for_server_cpu_cores"].as_f64().unwrap_or(0.0),
         f["loadgen_cpu_cores"].as_f64().unwrap_or(0.0)
     );
     if let Some(stats) = f["stats"].as_object() {

@@ -181,7 +181,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.clients, args.negocios, clients.connect_secs
     );
 
-    let cpu0 = Cpu::now(server_pid);
+    let backends = target.server_backends().await;
+    let cpu0 = Cpu::now(server_pid, &backends);
     let wall0 = Instant::now();
     let expected_per_negocio = writes::run(&args, &mut target, &clock).await?;
     let write_secs = wall0.elapsed().as_secs_f64();
@@ -200,7 +201,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         connect_secs,
         wall_secs: wall0.elapsed().as_secs_f64(),
         writes_began_us: figures::micros_between(clock.epoch, wall0),
-        cpu: (cpu0, Cpu::now(server_pid)),
+        cpu: (cpu0, Cpu::now(server_pid, &backends)),
         rss: (rss_start, rss_connected, rss_kib(server_pid)),
         stats_queries: stats_queries(&args, server_addr).await,
     };

@@ -80,6 +80,25 @@ pub(crate) async fn start(args: &Args, addr: SocketAddr) -> anyhow::Result<Targe
 }
 
 impl Target {
+    /// The PostgreSQL backends serving the server's sessions (the listener's and the pool's,
+    /// by their `application_name`); none for the floor.
+    pub(crate) async fn server_backends(&self) -> Vec<u32> {
+        let Some(db) = &self.db else {
+            return Vec::new();
+        };
+        let rows = db
+            .query(
+                "select pid from pg_stat_activity where application_name like 'citas-realtime%'",
+                &[],
+            )
+            .await
+            .unwrap_or_default();
+        rows.iter()
+            .filter_map(|r| r.try_get::<_, i32>(0).ok())
+            .filter_map(|pid| u32::try_from(pid).ok())
+            .collect()
+    }
+
     /// Stops the server (SIGTERM, then waits for it) and removes the private cluster.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         let _ = nix::sys::signal::kill(
