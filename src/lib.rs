@@ -8,7 +8,7 @@
 //!        │
 //!  log               the listener reads the log by seq (and all other SQL on it)
 //!        │ events
-//!  fanout            hub: each negocio's subscribers' queues; stats: pushed statistics
+//!  fanout            hub: each negocio's subscribers' outlets; stats: pushed statistics
 //!        │ frames
 //!  edge              http: accept loop and endpoints; ws: one task per WebSocket
 //!        ▲

@@ -1,12 +1,12 @@
 //! Who is subscribed to which negocio, and the fan-out of events to them.
 //!
-//! Every connection owns one bounded queue ([`tokio::sync::mpsc`]) of ready-to-send frames; the
-//! hub keeps, per negocio, the sending ends of the queues of its subscribers. Publishing an event
-//! serializes it once and `try_send`s a clone of the frame (a reference-count increment) to each
-//! subscriber. `try_send` never waits, so one slow client can never delay the others or the
-//! listener: a client whose queue is full is *kicked* (its connection closes with 1013 and it
-//! can resume) instead of being allowed to grow memory or to be skipped silently, which would
-//! break the "every event once, in order" promise.
+//! Every connection has an [`Outlet`]: its socket, written directly when the connection is idle,
+//! and one bounded queue of ready-to-send frames for its task otherwise (see
+//! [`crate::fanout::outlet`]). Publishing an event serializes and frames it once, then offers
+//! the same bytes (a reference-count increment) to each subscriber. An offer never waits, so one
+//! slow client can never delay the others or the listener: a client whose queue is full is
+//! *kicked* (its connection closes with 1013 and it can resume) instead of being allowed to grow
+//! memory or to be skipped silently, which would break the "every event once, in order" promise.
 //!
 //! Lock choice: a `std::sync::RwLock` around the map. Publishing takes the read lock once per
 //! batch of events and never awaits while holding it; (un)subscribing takes the write lock for a

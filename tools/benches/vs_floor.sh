@@ -17,7 +17,7 @@ rounds=${1:-2}
 before=${2:-}
 cargo build --release -q -p citas-realtime-tools --bin loadgen
 after=target/release/loadgen
-out=bench-results/vs-floor
+out=${OUT:-bench-results/vs-floor}
 mkdir -p "$out"
 
 declare -A ARGS=(

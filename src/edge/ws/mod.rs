@@ -9,6 +9,7 @@
 //! * [`transport`]: the task that owns one socket: shutdown, kicks, the token's expiry, pings,
 //!   frames in (rate-limited), the live queue out.
 //! * [`connection`]: the writing half; it only frames.
+//! * [`outlet`]: one socket's ordered writes, shared by the task and the hub's direct writes.
 //! * [`session`]: who the client is and what it holds; [`cmd`]: one file per client message;
 //!   [`replay`]: resuming with `since`.
 //! * [`protocol`]: what clients send.
