@@ -80,56 +80,6 @@ const NO_SUBJECT: &str = "";
 /// thread shares the writes.
 pub const DIRECT_FANOUT: usize = 2048;
 
-/// Events with more subscribers than this (and at most [`DIRECT_FANOUT`]) are split: half the
-/// subscribers (odd connection ids) are queued first, so that their tasks run on the other
-/// worker threads while the publishing thread writes to the other half directly. Which way a
-/// frame goes never changes its order: a connection's outlet keeps its frames in order.
-pub const SPLIT_FANOUT: usize = 256;
-
-/// One pass over an event's subscribers: those it takes, and whether they may be written
-/// directly.
-#[derive(Debug, Clone, Copy)]
-struct Share {
-    /// `None`: every subscriber; `Some(r)`: those whose id is `r` modulo 2.
-    parity: Option<u64>,
-    direct: bool,
-}
-
-impl Share {
-    /// The passes for an event of `subscribers`, in order.
-    fn of(subscribers: usize) -> &'static [Share] {
-        const DIRECT: Share = Share {
-            parity: None,
-            direct: true,
-        };
-        const QUEUED: Share = Share {
-            parity: None,
-            direct: false,
-        };
-        const SPLIT: [Share; 2] = [
-            Share {
-                parity: Some(1),
-                direct: false,
-            },
-            Share {
-                parity: Some(0),
-                direct: true,
-            },
-        ];
-        if subscribers <= SPLIT_FANOUT {
-            &[DIRECT]
-        } else if subscribers <= DIRECT_FANOUT {
-            &SPLIT
-        } else {
-            &[QUEUED]
-        }
-    }
-
-    fn takes(&self, id: ConnId) -> bool {
-        self.parity.is_none_or(|r| id % 2 == r)
-    }
-}
-
 /// A reserved connection slot; released when dropped.
 #[derive(Debug)]
 pub struct ConnectionPermit {
@@ -323,15 +273,14 @@ impl Hub {
                 };
                 for (negocio_id, subs) in targets {
                     let frame = frames::outbound(event, negocio_id);
-                    for share in Share::of(subs.len()) {
-                        for entry in subs.iter().filter(|e| share.takes(e.sub.id)) {
-                            match offer(&entry.sub, &frame, share.direct) {
-                                Ok(offered) => {
-                                    delivered += 1;
-                                    direct_writes += u64::from(offered == Offered::Written);
-                                }
-                                Err(id) => overflowed.push((negocio_id.clone(), id)),
+                    let direct = subs.len() <= DIRECT_FANOUT;
+                    for entry in subs {
+                        match offer(&entry.sub, &frame, direct) {
+                            Ok(offered) => {
+                                delivered += 1;
+                                direct_writes += u64::from(offered == Offered::Written);
                             }
+                            Err(id) => overflowed.push((negocio_id.clone(), id)),
                         }
                     }
                 }
