@@ -1,6 +1,7 @@
 //! The integration tests: one binary, so the private PostgreSQL cluster and the helpers are
 //! shared. Every test owns its database; tests run in parallel.
 
+mod adversarial;
 mod auth;
 mod cli;
 mod dashboard;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::edge::tapped::Tapped;
 use crate::edge::ws::metered::Budget;
+pub(crate) use crate::edge::ws::outlet::Io;
 use crate::edge::ws::outlet::{Backlogged, SharedIo, SocketOutlet};
 
 /// A client that accepts no data for this long is given up.
@@ -29,10 +30,6 @@ const GATHER: usize = 64 * 1024;
 /// How long a closing handshake may take before the socket is simply dropped. A client kicked
 /// for being slow needs time to drain what is already on its way before it sees the close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What a WebSocket runs on: a TCP stream, or whatever hyper's upgrade hands over.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// What tungstenite runs on: the shared socket, its reads paid for.
 pub(crate) type Socket<S> = Tapped<SharedIo<S>, Budget>;

@@ -9,7 +9,13 @@ use std::io;
 use std::num::NonZeroU32;
 
 use crate::edge::tapped::{ReadTap, Tapped};
-use crate::edge::ws::session::Limiter;
+
+/// A direct (unkeyed) rate limiter: a client's messages, or its bytes.
+pub(crate) type Limiter = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    governor::clock::MonotonicClock,
+>;
 
 /// What one message may cost, on average: control messages are small, an `auth` with a large
 /// token is the largest.

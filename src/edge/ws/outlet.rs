@@ -12,8 +12,11 @@
 //!   task clears `busy` only once its queue, its replay de-duplication and the backlog are all
 //!   empty. While the task handles a client's message it holds `busy`, so a `subscribed` reply
 //!   or a replay is never overtaken by a live event.
-//! - **Bounded.** The backlog holds at most [`BACKLOG_LIMIT`] bytes; a client that lets more
-//!   pile up is too slow, and is closed with 1013 like one whose queue overflows.
+//! - **Backpressure, bounded.** A write waits (`Pending`) while the backlog is not written out,
+//!   so the backlog holds at most one write's rest: the end of a direct frame, of tungstenite's
+//!   buffer (16 KiB and a frame) or of the task's gathered events (64 KiB and a frame), never
+//!   more than [`BACKLOG_LIMIT`]. A client that does not read is found by its queue overflowing
+//!   or a write outlasting the write timeout, and is closed with 1013.
 
 use std::future::Future;
 use std::io;
@@ -25,16 +28,19 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
-use crate::edge::ws::connection::Io;
 use crate::fanout::frames::Outbound;
 use crate::fanout::outlet::{queue, Offered, Outlet};
 
-/// The most bytes a client may leave unread beyond what its socket buffers.
+/// What a WebSocket runs on: a TCP stream, or whatever hyper's upgrade hands over.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// The most bytes one write may leave in the backlog (a hard bound: writes are far smaller).
 pub const BACKLOG_LIMIT: usize = 256 * 1024;
 
 /// The write error of a client whose backlog is full.
 #[derive(Debug, thiserror::Error)]
-#[error("the client left more than {BACKLOG_LIMIT} bytes unread")]
+#[error("one write left more than {BACKLOG_LIMIT} bytes for the client")]
 pub struct Backlogged;
 
 impl Backlogged {
@@ -182,22 +188,23 @@ impl<S: Io> State<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Takes all of `bytes`: written now as far as the socket allows, the rest to the backlog.
+    /// Takes all of `bytes` once the backlog is written out (until then, nothing: that is the
+    /// writers' backpressure): written now as far as the socket allows, the rest to the backlog.
     fn accept(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        let written = match self.drain(cx) {
-            Poll::Ready(Ok(())) => match Pin::new(&mut self.io).poll_write(cx, bytes) {
-                Poll::Ready(Ok(0)) if !bytes.is_empty() => {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
-                }
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => 0,
-            },
+        match self.drain(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other.map_ok(|()| 0),
+        }
+        let written = match Pin::new(&mut self.io).poll_write(cx, bytes) {
+            Poll::Ready(Ok(0)) if !bytes.is_empty() => {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+            }
+            Poll::Ready(Ok(n)) => n,
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => 0,
         };
         let rest = &bytes[written..];
-        if self.backlog.len() + rest.len() > BACKLOG_LIMIT {
+        if rest.len() > BACKLOG_LIMIT {
             return Poll::Ready(Err(io::Error::other(Backlogged)));
         }
         self.backlog.extend_from_slice(rest);
@@ -254,6 +261,7 @@ impl<S: Io> AsyncWrite for SharedIo<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn frame(byte: u8, len: usize) -> Arc<Outbound> {
@@ -305,17 +313,24 @@ mod tests {
         assert_eq!(outlet.offer(&frame(4, 5), true), Offered::Written);
     }
 
-    /// A client that reads nothing: beyond the backlog's limit, writes fail as [`Backlogged`].
+    /// A client that reads nothing: once its socket is full, the next write waits (no bytes
+    /// pile up); a single write too large for the backlog fails as [`Backlogged`].
     #[tokio::test]
-    async fn the_backlog_is_bounded() {
+    async fn writes_wait_for_the_backlog_and_it_is_bounded() {
         let (server, _client) = tokio::io::duplex(64);
         let (queue, _frames) = mpsc::channel(8);
         let mut io = SharedIo(SocketOutlet::new(server, queue));
-        let chunk = vec![0u8; 64 * 1024];
-        for _ in 0..4 {
-            io.write_all(&chunk).await.unwrap();
-        }
-        let error = io.write_all(&chunk).await.unwrap_err();
+        io.write_all(&[0u8; 1000]).await.unwrap();
+        let waits = tokio::time::timeout(Duration::from_millis(50), io.write_all(&[0u8; 10]));
+        assert!(waits.await.is_err(), "a write did not wait for the backlog");
+
+        let (server, _client) = tokio::io::duplex(64);
+        let (queue, _frames) = mpsc::channel(8);
+        let mut io = SharedIo(SocketOutlet::new(server, queue));
+        let error = io
+            .write_all(&vec![0u8; BACKLOG_LIMIT + 65])
+            .await
+            .unwrap_err();
         assert!(Backlogged::is(&error), "{error}");
     }
 }

@@ -15,12 +15,6 @@ use crate::fanout::frames::Outbound;
 use crate::fanout::hub::{ConnId, Hub, Subscriber};
 use crate::log::cursor::LogPosition;
 
-pub(crate) type Limiter = governor::RateLimiter<
-    governor::state::NotKeyed,
-    governor::state::InMemoryState,
-    governor::clock::MonotonicClock,
->;
-
 /// One connection's state, owned by its task.
 pub(crate) struct Session<S> {
     pub(crate) ctx: WsContext,
@@ -31,6 +25,10 @@ pub(crate) struct Session<S> {
     pub(crate) subscriptions: Subscriptions,
     /// Per negocio, seqs a replay already sent that the listener may still publish live.
     pub(crate) replayed: HashMap<String, HashSet<i64>>,
+    /// Negocios left while their events may still wait in the queue: the listener's position
+    /// when left. Those events (published before it) are dropped, so none follows
+    /// `unsubscribed`, or a new subscription's replay. Cleared once the queue was seen empty.
+    pub(crate) left: HashMap<String, LogPosition>,
 }
 
 impl<S: Io> Session<S> {
@@ -51,6 +49,7 @@ impl<S: Io> Session<S> {
             principal,
             conn,
             replayed: HashMap::new(),
+            left: HashMap::new(),
         }
     }
 
@@ -62,17 +61,27 @@ impl<S: Io> Session<S> {
         self.conn.write(frames).await.into()
     }
 
-    /// Writes a batch from the live queue, skipping what a replay already sent (and the empty
-    /// frames that only ask for a flush, which [`crate::edge::ws::transport`] does anyway).
+    /// Writes a batch from the live queue, skipping what a replay already sent, events of
+    /// negocios left since they were queued, and the empty frames that only ask for a flush
+    /// (which [`crate::edge::ws::transport`] does anyway).
     pub(crate) async fn send_live(&mut self, batch: &mut Vec<Arc<Outbound>>) -> Flow {
-        let replayed = &mut self.replayed;
+        let (replayed, left) = (&mut self.replayed, &self.left);
         let frames: Vec<Bytes> = batch
             .drain(..)
             .filter(|out| {
                 if out.wire.is_empty() {
                     return false;
                 }
-                let Some(seqs) = replayed.get_mut(&out.negocio_id).filter(|_| out.is_event) else {
+                if !out.is_event {
+                    return true;
+                }
+                if left
+                    .get(&out.negocio_id)
+                    .is_some_and(|at| !at.may_publish_later(out.seq))
+                {
+                    return false;
+                }
+                let Some(seqs) = replayed.get_mut(&out.negocio_id) else {
                     return true;
                 };
                 let duplicate = seqs.remove(&out.seq);
@@ -92,7 +101,13 @@ impl<S: Io> Session<S> {
     /// Ends the subscription to `negocio`; false when there was none.
     pub(crate) fn leave(&mut self, negocio: &str) -> bool {
         self.replayed.remove(negocio);
-        self.subscriptions.remove(negocio)
+        let left = self.subscriptions.remove(negocio);
+        if left {
+            // After the hub let go: every event queued for it was published before this.
+            self.left
+                .insert(negocio.to_string(), self.ctx.hub.position());
+        }
+        left
     }
 
     /// Takes `rows` events from the replay budget of this connection's subject; false when it

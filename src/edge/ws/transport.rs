@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::jwt::{now_secs, Principal};
 use crate::edge::ws::cmd;
 use crate::edge::ws::connection::{close_frame, Connection, Flow, Incoming, Io};
-use crate::edge::ws::metered::{byte_quota, metered, OverBudget};
+use crate::edge::ws::metered::{byte_quota, metered, Limiter, OverBudget};
 use crate::edge::ws::outlet::{Release, SharedIo, SocketOutlet};
-use crate::edge::ws::session::{Limiter, Session};
+use crate::edge::ws::session::Session;
 use crate::edge::ws::WsContext;
 use crate::fanout::frames::{self, ErrorCode, Outbound};
 use crate::fanout::hub::{ConnId, Subscriber};
@@ -150,6 +150,10 @@ impl<S: Io> Transport<S> {
     /// expected again from a replay; until then the hub queues, and this task writes.
     async fn settle(&mut self, session: &mut Session<S>) -> Flow {
         loop {
+            if self.frames.is_empty() {
+                // Whatever was queued before a negocio was left has been through.
+                session.left.clear();
+            }
             let (frames, replayed) = (&self.frames, &session.replayed);
             match session
                 .conn

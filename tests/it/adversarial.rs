@@ -1,0 +1,1070 @@
+//! Adversarial tests of the direct-write path (the hub writing frames straight to idle sockets):
+//! order, duplicates, replays at the seam, backlogs, pings interleaved with direct writes,
+//! half-closed and reset sockets, statistics snapshots, frames near the size limits.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{
+    brief, config_with, connect, spawn_app, spawn_app_ready, token, BinaryServer, TestApp, TestDb,
+    Ws, DEADLINE,
+};
+
+fn seqs(events: &[Value]) -> Vec<i64> {
+    events.iter().map(|e| brief(e).2).collect()
+}
+
+async fn logged_seqs(db: &TestDb, negocio: &str) -> Vec<i64> {
+    db.logged(negocio).await.iter().map(|(s, _)| *s).collect()
+}
+
+/// A client whose kernel receive buffer is `rcvbuf` bytes, not yet subscribed.
+async fn small_buffer_client(addr: std::net::SocketAddr, negocio: &str, rcvbuf: u32) -> Ws {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(rcvbuf).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let url = format!(
+        "ws://{addr}/ws?token={}",
+        token(json!({ "negocio_id": negocio }))
+    );
+    let (socket, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    Ws::new(socket)
+}
+
+/// A writer inserting `statements` statements of `rows` rows each into `negocio`, pausing
+/// `pause` between statements.
+fn flood(
+    url: String,
+    negocio: &'static str,
+    statements: usize,
+    rows: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let writer = connect(&url).await;
+        for _ in 0..statements {
+            writer
+                .batch_execute(&format!(
+                    "insert into citas (negocio_id) select '{negocio}' from generate_series(1, {rows})"
+                ))
+                .await
+                .unwrap();
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    })
+}
+
+/// Every message on the socket, parsed, until `stop` says so or DEADLINE passes. Close frames
+/// are returned as `{"type":"__close","code":N}`.
+async fn next_raw(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(DEADLINE, ws.socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no message within {DEADLINE:?}"));
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                return serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("server sent bad JSON ({e}): {text}"))
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return json!({"type": "__close", "code": frame.map(|f| u16::from(f.code))})
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return json!({"type": "__error", "error": e.to_string()}),
+            None => return json!({"type": "__eof"}),
+        }
+    }
+}
+
+fn is_event(v: &Value) -> bool {
+    v["type"].as_str().unwrap_or_default().starts_with("cita_")
+}
+
+/// A resumed subscription's events must be exactly the log's seqs after `since`, contiguous.
+fn assert_contiguous(logged: &[i64], since: i64, got: &[i64], what: &str) {
+    let start = logged.partition_point(|s| *s <= since);
+    let want = &logged[start..(start + got.len()).min(logged.len())];
+    assert_eq!(
+        got, want,
+        "{what}: after since={since} expected a contiguous run of the log"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backpressure: a client reading as fast as it can must not be closed for the size of a burst.
+// ---------------------------------------------------------------------------------------------
+
+/// 1,000 events of ~2.9 KB (records on) are in the log; a fresh client resumes with since = 0
+/// and reads as fast as it can. Expected: every event (the replay queue holds 4,096 and the
+/// replay budget 40,960), no close. Passes before 52af359 (direct writes), fails after: the
+/// socket wrapper never says 'not now', so a 1,000-event page goes to the 256 KiB backlog at
+/// memory speed and overflows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_big_replay_to_a_reading_client_is_not_kicked() {
+    const N: usize = 1000;
+    let db = TestDb::new().await;
+    db.execute("select citas_realtime.set_record_columns(array['cliente_id'])")
+        .await;
+    db.execute(&format!(
+        "insert into citas (negocio_id, cliente_id) select 'bigr', repeat('x', 2500) from generate_series(1, {N})"
+    ))
+    .await;
+    let app = spawn_app(&db.url).await;
+    let hub = app.server.as_ref().unwrap().hub.clone();
+    let logged = logged_seqs(&db, "bigr").await;
+    assert_eq!(logged.len(), N);
+    let mut ws = app.ws(&token(json!({"negocio_id": "bigr"}))).await;
+    ws.send(json!({"type": "subscribe", "channel": "estadisticas:bigr", "since": 0}))
+        .await;
+    ws.expect("subscribed").await;
+    let mut got = Vec::new();
+    while got.len() < N {
+        let msg = next_raw(&mut ws).await;
+        if is_event(&msg) {
+            got.push(brief(&msg).2);
+        } else if msg["type"] == "estadisticas" {
+            continue;
+        } else {
+            panic!(
+                "after {} of {N} replayed events: {msg} (kicked: {})",
+                got.len(),
+                hub.stats().slow_clients_kicked
+            );
+        }
+    }
+    assert_eq!(got, logged);
+}
+
+/// A subscribed client that reads as fast as it can; one statement writes 2,000 events of ~6 KB.
+/// Expected: all 2,000, no 1013 (its queue of 4,096 never overflowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_burst_of_large_live_events_to_a_reading_client_is_not_kicked() {
+    const N: usize = 2000;
+    let db = TestDb::new().await;
+    db.execute("select citas_realtime.set_record_columns(array['cliente_id'])")
+        .await;
+    let app = spawn_app(&db.url).await;
+    let hub = app.server.as_ref().unwrap().hub.clone();
+    let mut ws = app.subscriber(&["bigl"]).await;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < N {
+            let msg = next_raw(&mut ws).await;
+            if is_event(&msg) {
+                got.push(brief(&msg).2);
+            } else if msg["type"] != "estadisticas" {
+                return Err(format!("after {} of {N} events: {msg}", got.len()));
+            }
+        }
+        Ok(got)
+    });
+    db.execute(&format!(
+        "insert into citas (negocio_id, cliente_id) select 'bigl', repeat('y', 6000) from generate_series(1, {N})"
+    ))
+    .await;
+    let got = reader.await.unwrap();
+    let kicked = hub.stats().slow_clients_kicked;
+    let got = got.unwrap_or_else(|e| panic!("{e} (slow_clients_kicked = {kicked})"));
+    assert_eq!(got, logged_seqs(&db, "bigl").await);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replays at the seam, during a flood.
+// ---------------------------------------------------------------------------------------------
+
+/// Clients resume with `since` (several values, some in the future of the log at the time)
+/// while a writer floods: each gets exactly the log after its since, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_resume_during_a_high_rate_flood_is_exact() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    // Some history first.
+    db.execute("insert into citas (negocio_id) select 'hot' from generate_series(1, 300)")
+        .await;
+    let history = logged_seqs(&db, "hot").await;
+    let writer = flood(db.url.clone(), "hot", 60, 50, Duration::from_millis(5));
+    let mut clients = Vec::new();
+    for i in 0..8usize {
+        let since = history[(i * 37) % history.len()];
+        let mut ws = app.ws(&token(json!({"negocio_id": "hot"}))).await;
+        ws.send(json!({"type": "subscribe", "channel": "estadisticas:hot", "since": since}))
+            .await;
+        ws.expect("subscribed").await;
+        clients.push((since, ws));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    writer.await.unwrap();
+    let logged = logged_seqs(&db, "hot").await;
+    assert_eq!(logged.len(), 300 + 60 * 50);
+    for (since, ws) in clients.iter_mut() {
+        let start = logged.partition_point(|s| *s <= *since);
+        let got = seqs(&ws.events(logged.len() - start).await);
+        assert_contiguous(&logged, *since, &got, "resume during flood");
+        ws.send(json!({"type": "ping"})).await;
+        ws.expect("pong").await;
+    }
+}
+
+/// A subscribed client, a bit behind (small receive buffer, a short pause), sends
+/// `unsubscribe` and at once `subscribe` with `since` = the last seq it read, while events
+/// flow. After the new `subscribed` it must get the log after `since`, once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_pipelined_unsubscribe_and_resume_has_no_duplicates() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut ws = small_buffer_client(app.addr, "pipe", 4096).await;
+    ws.subscribe("pipe").await;
+    let writer = flood(db.url.clone(), "pipe", 80, 20, Duration::from_millis(20));
+    let mut last = 0i64;
+    let mut rounds = Vec::new();
+    for round in 0..5 {
+        // Read some, then fall behind for a moment.
+        for _ in 0..50 {
+            let msg = next_raw(&mut ws).await;
+            if is_event(&msg) {
+                last = brief(&msg).2;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(if round % 2 == 0 { 400 } else { 0 })).await;
+        ws.send(json!({"type": "unsubscribe", "channel": "estadisticas:pipe"}))
+            .await;
+        ws.send(json!({"type": "subscribe", "channel": "estadisticas:pipe", "since": last}))
+            .await;
+        // In flight before the unsubscribe: whatever comes before `subscribed`.
+        let mut stale_after_unsubscribed = 0;
+        let mut saw_unsubscribed = false;
+        loop {
+            let msg = next_raw(&mut ws).await;
+            match msg["type"].as_str().unwrap_or_default() {
+                "unsubscribed" => saw_unsubscribed = true,
+                "subscribed" => break,
+                t if t.starts_with("cita_") => {
+                    stale_after_unsubscribed += usize::from(saw_unsubscribed);
+                }
+                "estadisticas" => {}
+                other => panic!("unexpected {other}: {msg}"),
+            }
+        }
+        let since = last;
+        let mut got = Vec::new();
+        for _ in 0..60 {
+            let msg = next_raw(&mut ws).await;
+            if is_event(&msg) {
+                got.push(brief(&msg).2);
+            } else if msg["type"] != "estadisticas" {
+                panic!("round {round}: {msg}");
+            }
+        }
+        last = *got.last().unwrap_or(&last);
+        rounds.push((since, got, stale_after_unsubscribed));
+    }
+    writer.await.unwrap();
+    let logged = logged_seqs(&db, "pipe").await;
+    for (i, (since, got, stale)) in rounds.iter().enumerate() {
+        eprintln!("round {i}: since {since}, {stale} events between `unsubscribed` and `subscribed`, then {:?}", &got[..got.len().min(12)]);
+        let dup: Vec<_> = {
+            let mut seen = HashSet::new();
+            got.iter().filter(|s| !seen.insert(**s)).copied().collect()
+        };
+        assert!(
+            dup.is_empty(),
+            "round {i}: since {since}: duplicates {dup:?} in {got:?} ({stale} events after `unsubscribed`)"
+        );
+        assert_contiguous(&logged, *since, got, &format!("round {i}"));
+    }
+}
+
+/// Subscribe / unsubscribe / subscribe again (waiting for each answer) in a loop while a
+/// writer floods: between each `subscribed` and the next `unsubscribe`, events are a
+/// contiguous run of the log (no gap, no duplicate, no reorder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_subscribe_unsubscribe_loops_during_a_flood() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let mut ws = app.ws(&token(json!({"negocio_id": "loop"}))).await;
+    let writer = flood(db.url.clone(), "loop", 100, 20, Duration::from_millis(10));
+    let mut segments: Vec<Vec<i64>> = Vec::new();
+    let mut all: Vec<i64> = Vec::new();
+    let started = Instant::now();
+    let mut loops = 0;
+    while !writer.is_finished() && started.elapsed() < Duration::from_secs(20) && loops < 60 {
+        loops += 1;
+        ws.send(json!({"type": "subscribe", "channel": "estadisticas:loop"}))
+            .await;
+        let mut seg = Vec::new();
+        loop {
+            let msg = next_raw(&mut ws).await;
+            match msg["type"].as_str().unwrap_or_default() {
+                "subscribed" => break,
+                t if t.starts_with("cita_") => all.push(brief(&msg).2),
+                "estadisticas" => {}
+                other => panic!("unexpected {other}: {msg}"),
+            }
+        }
+        // Read up to 25 events, but no longer than 100 ms.
+        let until = Instant::now() + Duration::from_millis(100);
+        while seg.len() < 25 {
+            let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.socket.next()).await
+            else {
+                break;
+            };
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(&t).expect("JSON");
+                if is_event(&v) {
+                    seg.push(brief(&v).2);
+                    all.push(brief(&v).2);
+                }
+            }
+        }
+        ws.send(json!({"type": "unsubscribe", "channel": "estadisticas:loop"}))
+            .await;
+        loop {
+            let msg = next_raw(&mut ws).await;
+            match msg["type"].as_str().unwrap_or_default() {
+                "unsubscribed" => break,
+                t if t.starts_with("cita_") => {
+                    seg.push(brief(&msg).2);
+                    all.push(brief(&msg).2)
+                }
+                "estadisticas" => {}
+                other => panic!("unexpected {other}: {msg}"),
+            }
+        }
+        segments.push(seg);
+    }
+    writer.await.unwrap();
+    let logged = logged_seqs(&db, "loop").await;
+    let mut seen = HashSet::new();
+    let dups: Vec<i64> = all.iter().filter(|s| !seen.insert(**s)).copied().collect();
+    assert!(
+        dups.is_empty(),
+        "an event twice on one connection: {dups:?}"
+    );
+    assert!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "events out of order on one connection: {all:?}"
+    );
+    for (i, seg) in segments.iter().enumerate() {
+        if let Some(first) = seg.first() {
+            assert_contiguous(&logged, first - 1, seg, &format!("segment {i}"));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pausing clients, pings interleaved with direct writes, frames near the limits.
+// ---------------------------------------------------------------------------------------------
+
+/// Eight clients with 4 KiB receive buffers pause and resume at random while events of ~1.5 KB
+/// flow; a normal reader gets everything, and each pausing client either gets everything in
+/// order, or is closed with 1013 after an in-order, gap-free prefix. Every frame parses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_clients_that_pause_and_resume_get_whole_frames_in_order() {
+    const STATEMENTS: usize = 40;
+    const ROWS: usize = 25;
+    let db = TestDb::new().await;
+    db.execute("select citas_realtime.set_record_columns(array['cliente_id'])")
+        .await;
+    let app = spawn_app(&db.url).await;
+    let hub = app.server.as_ref().unwrap().hub.clone();
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let mut ws = small_buffer_client(app.addr, "pr", 4096).await;
+        ws.subscribe("pr").await;
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut rng = i * 7919 + 1;
+            loop {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                if (rng >> 33) % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis((rng >> 40) % 120)).await;
+                }
+                let msg = next_raw(&mut ws).await;
+                if is_event(&msg) {
+                    let cliente = msg["data"]["record"]["cliente_id"].as_str().unwrap_or("");
+                    assert_eq!(cliente.len(), 1500, "a whole record");
+                    got.push(brief(&msg).2);
+                    if got.len() == STATEMENTS * ROWS {
+                        return (got, None);
+                    }
+                } else if msg["type"] == "__close" {
+                    return (got, msg["code"].as_u64());
+                } else if msg["type"] != "estadisticas" {
+                    panic!("client {i}: {msg}");
+                }
+            }
+        }));
+    }
+    let mut reader = app.subscriber(&["pr"]).await;
+    let writer = tokio::spawn({
+        let url = db.url.clone();
+        async move {
+            let w = connect(&url).await;
+            for _ in 0..STATEMENTS {
+                w.batch_execute(&format!(
+                    "insert into citas (negocio_id, cliente_id) select 'pr', repeat('z', 1500) from generate_series(1, {ROWS})"
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    });
+    let read = seqs(&reader.events(STATEMENTS * ROWS).await);
+    writer.await.unwrap();
+    let logged = logged_seqs(&db, "pr").await;
+    assert_eq!(read, logged);
+    let mut kicked = 0;
+    for t in tasks {
+        let (got, code) = t.await.unwrap();
+        if let Some(first) = got.first() {
+            assert_contiguous(&logged, first - 1, &got, "pausing client");
+        }
+        match code {
+            None => assert_eq!(got, logged),
+            Some(code) => {
+                assert_eq!(code, 1013, "closed with {code} after {} events", got.len());
+                kicked += 1;
+            }
+        }
+    }
+    eprintln!(
+        "pausing clients kicked: {kicked} of 8; hub: {:?}",
+        hub.stats()
+    );
+}
+
+/// A client sends WebSocket pings (and JSON pings) constantly while ~9 MB of events flow to
+/// it, and the server pings every second. The client has a 4 KiB receive buffer and reads a
+/// little slowly, so the server's socket fills: frames are written in part, the rest goes to
+/// the backlog, and tungstenite's pongs join the same stream. Every frame must parse, every
+/// event arrive once in order, pongs answer pings in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_constant_pings_interleave_with_direct_and_partial_writes() {
+    const N: usize = 12_000;
+    if std::env::var("ADV_TRACE").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("citas_realtime=debug")
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let db = TestDb::new().await;
+    db.execute("select citas_realtime.set_record_columns(array['cliente_id'])")
+        .await;
+    let config = config_with(&db.url, |a| {
+        // Not shorter: the server counts a client silent from its last *read*, and while it
+        // waits for this slow reader's socket it reads nothing (a 100 ms interval drops it).
+        a.ws_ping_interval = "1s".into();
+        a.client_message_rate = "2000".into();
+        a.client_message_burst = "2000".into();
+        a.client_queue_capacity = "100000".into();
+    });
+    let app = spawn_app_ready(config).await;
+    let hub = app.server.as_ref().unwrap().hub.clone();
+    let mut ws = small_buffer_client(app.addr, "png", 4096).await;
+    ws.subscribe("png").await;
+    let (mut tx, mut rx) = ws.socket.split();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let pinger = tokio::spawn(async move {
+        let mut sent = 0u64;
+        loop {
+            if stop_rx.try_recv().is_ok() {
+                break;
+            }
+            let payload = sent.to_be_bytes().to_vec();
+            if tx.send(Message::Ping(payload.into())).await.is_err() {
+                break;
+            }
+            if sent % 5 == 0
+                && tx
+                    .send(Message::text(json!({"type": "ping"}).to_string()))
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        (tx, sent)
+    });
+    let writer = tokio::spawn({
+        let url = db.url.clone();
+        async move {
+            let w = connect(&url).await;
+            for i in 0..(N / 100) {
+                w.batch_execute(&format!(
+                    "insert into citas (negocio_id, cliente_id) select 'png', repeat('{}', 100 + g * 3) from generate_series(1, 100) g",
+                    i % 10
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let (mut pongs, mut json_pongs) = (0u64, 0u64);
+    let mut last_pong = None::<u64>;
+    while got.len() < N {
+        let msg = tokio::time::timeout(DEADLINE, rx.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "bad frame after {} events: {e} ({:?})",
+                    got.len(),
+                    hub.stats()
+                )
+            });
+        match msg {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t)
+                    .unwrap_or_else(|e| panic!("bad JSON ({e}) after {} events", got.len()));
+                if is_event(&v) {
+                    let g = (got.len() % 100) + 1;
+                    let cliente = v["data"]["record"]["cliente_id"].as_str().unwrap_or("");
+                    assert_eq!(cliente.len(), 100 + g * 3, "a whole record");
+                    got.push(brief(&v).2);
+                    if got.len() % 25 == 0 {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                } else if v["type"] == "pong" {
+                    json_pongs += 1;
+                } else if v["type"] != "estadisticas" {
+                    panic!("unexpected {v}");
+                }
+            }
+            Message::Pong(p) => {
+                let n = u64::from_be_bytes(p.as_ref().try_into().expect("8-byte payload"));
+                if let Some(prev) = last_pong {
+                    assert!(n > prev, "pong {n} after pong {prev}");
+                }
+                last_pong = Some(n);
+                pongs += 1;
+            }
+            Message::Close(f) => panic!(
+                "closed after {} events: {f:?} ({:?})",
+                got.len(),
+                hub.stats()
+            ),
+            _ => {}
+        }
+    }
+    writer.await.unwrap();
+    stop_tx.send(()).unwrap();
+    let (_tx, sent) = pinger.await.unwrap();
+    assert_eq!(got, logged_seqs(&db, "png").await);
+    let stats = hub.stats();
+    eprintln!("pings: sent {sent}, pongs {pongs}, json pongs {json_pongs}; {stats:?}");
+    assert!(
+        pongs > 0 && json_pongs > 0,
+        "pongs {pongs}, json pongs {json_pongs}, sent {sent}"
+    );
+}
+
+/// Records near the limits: values of 3 to 8.2 KB (the 8 KiB record bound), multibyte text,
+/// estado-sized fields, to a client with a 4 KiB receive buffer that reads slowly: every frame
+/// whole, the record exact or left out with `record_truncated`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_frames_near_the_size_limits_arrive_whole() {
+    let db = TestDb::new().await;
+    db.execute("select citas_realtime.set_record_columns(array['cliente_id'])")
+        .await;
+    let app = spawn_app(&db.url).await;
+    let mut slow = small_buffer_client(app.addr, "lim", 4096).await;
+    slow.subscribe("lim").await;
+    let mut fast = app.subscriber(&["lim"]).await;
+    let sizes: Vec<usize> = (0..120).map(|i| 3000 + (i * 97) % 5300).collect();
+    let mut want = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        // Half multibyte (ñ is two bytes): `n` characters.
+        let ch = if i % 2 == 0 { "a" } else { "ñ" };
+        let value = ch.repeat(*n);
+        db.client
+            .execute(
+                "insert into citas (negocio_id, cliente_id) values ('lim', $1)",
+                &[&value],
+            )
+            .await
+            .unwrap();
+        want.push(value);
+    }
+    let logged = logged_seqs(&db, "lim").await;
+    assert_eq!(seqs(&fast.events(want.len()).await), logged);
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let msg = next_raw(&mut slow).await;
+        if is_event(&msg) {
+            got.push(msg);
+            if got.len() % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        } else if msg["type"] != "estadisticas" {
+            panic!("after {} events: {msg}", got.len());
+        }
+    }
+    assert_eq!(seqs(&got), logged);
+    for (event, value) in got.iter().zip(&want) {
+        let record = &event["data"]["record"];
+        if event["data"]["record_truncated"] == true {
+            assert!(record.is_null());
+            assert!(json!({"cliente_id": value}).to_string().len() > 8 * 1024 - 64);
+        } else {
+            assert_eq!(record["cliente_id"].as_str(), Some(value.as_str()));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics.
+// ---------------------------------------------------------------------------------------------
+
+/// A snapshot always comes after the events it reflects, live and after a replay, while a
+/// writer floods; the last snapshot is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_statistics_follow_their_events_during_a_flood() {
+    let db = TestDb::new().await;
+    let config = config_with(&db.url, |a| a.stats_interval = "20ms".into());
+    let app = spawn_app_ready(config).await;
+    db.execute("insert into citas (negocio_id) select 'st' from generate_series(1, 100)")
+        .await;
+    let history = logged_seqs(&db, "st").await;
+    let writer = flood(db.url.clone(), "st", 50, 20, Duration::from_millis(15));
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let mut ws = app.ws(&token(json!({"negocio_id": "st"}))).await;
+        ws.keep_stats = true;
+        let since = if i % 2 == 0 { Some(history[50]) } else { None };
+        let mut sub = json!({"type": "subscribe", "channel": "estadisticas:st"});
+        if let Some(s) = since {
+            sub["since"] = s.into();
+        }
+        ws.send(sub).await;
+        ws.expect("subscribed").await;
+        clients.push((since, ws));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    writer.await.unwrap();
+    let logged = logged_seqs(&db, "st").await;
+    let total = logged.len();
+    let last = *logged.last().unwrap();
+    for (i, (since, ws)) in clients.iter_mut().enumerate() {
+        let mut events: Vec<i64> = Vec::new();
+        let mut snapshots = 0;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "client {i}: never an exact last snapshot"
+            );
+            let msg = ws.next().await;
+            if is_event(&msg) {
+                events.push(brief(&msg).2);
+            } else if msg["type"] == "estadisticas" {
+                snapshots += 1;
+                let s = msg["data"]["seq"].as_i64().unwrap();
+                // After its events: either seen, or before anything this client was to get.
+                let first_expected =
+                    since.unwrap_or_else(|| events.first().copied().unwrap_or(s + 1) - 1);
+                assert!(
+                    s <= first_expected || events.contains(&s),
+                    "client {i}: snapshot seq {s} before its event (events so far end at {:?}, since {since:?})",
+                    events.last()
+                );
+                if since.is_some() && snapshots == 1 {
+                    // The first snapshot follows the replay.
+                    assert!(!events.is_empty(), "client {i}: snapshot before the replay");
+                }
+                if s == last {
+                    assert_eq!(msg["data"]["total"], total as u64, "client {i}: {msg}");
+                    break;
+                }
+            } else {
+                panic!("client {i}: unexpected {msg}");
+            }
+        }
+        if let Some(s) = since {
+            assert_contiguous(&logged, *s, &events, &format!("client {i}"));
+        } else if let Some(first) = events.first() {
+            assert_contiguous(&logged, first - 1, &events, &format!("client {i}"));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broken clients, against the real binary: no panic, the others unaffected, closes work.
+// ---------------------------------------------------------------------------------------------
+
+/// While events flow: clients reset their TCP connection, half-close it, send a Close frame
+/// and keep reading, or vanish with a full socket. A reading client gets everything; the
+/// closing client gets the server's Close reply; the server logs no panic and its connection
+/// count returns to the survivors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_resets_half_closes_and_closes_mid_stream() {
+    const STATEMENTS: usize = 60;
+    const ROWS: usize = 40;
+    let db = TestDb::new().await;
+    let server = BinaryServer::start(&db.url, &[("RUST_LOG", "info")]).await;
+    let app = TestApp {
+        addr: server.addr,
+        server: None,
+    };
+    let mut reader = app.subscriber(&["brk"]).await;
+    let reading = tokio::spawn(async move {
+        let events = reader.events(STATEMENTS * ROWS).await;
+        (seqs(&events), reader)
+    });
+    let writer = flood(
+        db.url.clone(),
+        "brk",
+        STATEMENTS,
+        ROWS,
+        Duration::from_millis(10),
+    );
+
+    let mut handles = Vec::new();
+    for i in 0..12u32 {
+        let addr = app.addr;
+        handles.push(tokio::spawn(async move {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            if i % 4 == 0 {
+                #[allow(deprecated)]
+                socket.set_linger(Some(Duration::ZERO)).unwrap();
+            }
+            let stream = socket.connect(addr).await.unwrap();
+            let url = format!(
+                "ws://{addr}/ws?token={}",
+                token(json!({"negocio_id": "brk"}))
+            );
+            let (socket, _) = tokio_tungstenite::client_async(
+                url,
+                tokio_tungstenite::MaybeTlsStream::Plain(stream),
+            )
+            .await
+            .unwrap();
+            let mut ws = Ws::new(socket);
+            ws.subscribe("brk").await;
+            tokio::time::sleep(Duration::from_millis(50 + 30 * u64::from(i))).await;
+            match i % 4 {
+                // Reset (linger 0), with unread data in the socket.
+                0 => drop(ws),
+                // Half-close: no more data from us; keep reading.
+                1 => {
+                    if let tokio_tungstenite::MaybeTlsStream::Plain(s) = ws.socket.get_mut() {
+                        s.shutdown().await.unwrap();
+                    }
+                    while let Ok(Some(Ok(_))) =
+                        tokio::time::timeout(Duration::from_secs(3), ws.socket.next()).await
+                    {
+                    }
+                }
+                // A Close frame, then read until the server's Close.
+                2 => {
+                    ws.socket
+                        .send(Message::Close(None))
+                        .await
+                        .expect("send close");
+                    let deadline = Instant::now() + DEADLINE;
+                    loop {
+                        assert!(Instant::now() < deadline, "client {i}: no Close reply");
+                        match tokio::time::timeout(DEADLINE, ws.socket.next()).await {
+                            Ok(Some(Ok(Message::Close(_)))) => break,
+                            Ok(Some(Ok(_))) => continue,
+                            Ok(Some(Err(e))) => panic!("client {i}: error before Close reply: {e}"),
+                            Ok(None) => panic!("client {i}: EOF before Close reply"),
+                            Err(_) => panic!("client {i}: no Close reply"),
+                        }
+                    }
+                }
+                // Stops reading and disappears later without a word.
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    drop(ws);
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    writer.await.unwrap();
+    let (got, mut reader) = reading.await.unwrap();
+    assert_eq!(got, logged_seqs(&db, "brk").await);
+    reader.send(json!({"type": "ping"})).await;
+    reader.expect("pong").await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let health = app.wait_health(200).await;
+        if health["connections"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections never back to 1: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = server.logs();
+    assert!(!logs.contains("panic"), "the server panicked:\n{logs}");
+    // The reader closes cleanly too.
+    reader.socket.send(Message::Close(None)).await.unwrap();
+    let code = reader.closed().await;
+    assert!(matches!(code, None | Some(CloseCode::Normal)), "{code:?}");
+}
+
+/// As above, but the client is far behind (its kernel buffers full, frames waiting in the
+/// server's queue) when it sends `unsubscribe` then `subscribe` with `since` = the last seq it
+/// read. After the new `subscribed` (and its replay) it must get the log after `since`, each
+/// event once, in order: the frames still queued for the old subscription must not follow the
+/// replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_pipelined_unsubscribe_and_resume_while_far_behind() {
+    let db = TestDb::new().await;
+    let config = config_with(&db.url, |a| a.client_queue_capacity = "100000".into());
+    let app = spawn_app_ready(config).await;
+    let hub = app.server.as_ref().unwrap().hub.clone();
+    let mut ws = small_buffer_client(app.addr, "far", 4096).await;
+    ws.subscribe("far").await;
+    db.execute("select citas_realtime.set_record_columns(array['cliente_id'])")
+        .await;
+    // ~750-byte frames: a write batch (256 frames) stays under the 256 KiB backlog, the whole
+    // flood (15,000) is far beyond what the kernel buffers.
+    let writer = tokio::spawn({
+        let url = db.url.clone();
+        async move {
+            let w = connect(&url).await;
+            for _ in 0..150 {
+                w.batch_execute(
+                    "insert into citas (negocio_id, cliente_id) select 'far', repeat('f', 400) from generate_series(1, 100)",
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let mut last = 0i64;
+    for _ in 0..100 {
+        let msg = next_raw(&mut ws).await;
+        if is_event(&msg) {
+            last = brief(&msg).2;
+        }
+    }
+    // Fall far behind.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    ws.send(json!({"type": "unsubscribe", "channel": "estadisticas:far"}))
+        .await;
+    ws.send(json!({"type": "subscribe", "channel": "estadisticas:far", "since": last}))
+        .await;
+    let (mut before_unsub, mut between) = (0usize, 0usize);
+    let mut saw_unsubscribed = false;
+    loop {
+        let msg = next_raw(&mut ws).await;
+        match msg["type"].as_str().unwrap_or_default() {
+            "unsubscribed" => saw_unsubscribed = true,
+            "subscribed" => break,
+            t if t.starts_with("cita_") => {
+                if saw_unsubscribed {
+                    between += 1
+                } else {
+                    before_unsub += 1
+                }
+            }
+            "estadisticas" => {}
+            other => panic!("unexpected {other}: {msg}"),
+        }
+    }
+    writer.await.unwrap();
+    let logged = logged_seqs(&db, "far").await;
+    let start = logged.partition_point(|s| *s <= last);
+    let mut got = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while got.len() < logged.len() - start && Instant::now() < deadline {
+        let Ok(Some(Ok(msg))) =
+            tokio::time::timeout(Duration::from_secs(3), ws.socket.next()).await
+        else {
+            break;
+        };
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if is_event(&v) {
+                got.push(brief(&v).2);
+            } else if v["type"] != "estadisticas" {
+                panic!("after {} events: {v}", got.len());
+            }
+        }
+    }
+    // Anything more is a duplicate.
+    while let Ok(Some(Ok(Message::Text(t)))) =
+        tokio::time::timeout(Duration::from_millis(500), ws.socket.next()).await
+    {
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if is_event(&v) {
+            got.push(brief(&v).2);
+        }
+    }
+    let mut seen = HashSet::new();
+    let dups: Vec<i64> = got.iter().filter(|s| !seen.insert(**s)).copied().collect();
+    let backwards = got.windows(2).position(|w| w[0] >= w[1]);
+    eprintln!(
+        "far behind: since {last}; {before_unsub} events before `unsubscribed`, {between} between it and `subscribed`; \
+         then {} events ({} expected), {} duplicates, first step back at {backwards:?}: {:?}; hub {:?}",
+        got.len(),
+        logged.len() - start,
+        dups.len(),
+        backwards.map(|i| &got[i.saturating_sub(2)..(i + 3).min(got.len())]),
+        hub.stats()
+    );
+    assert!(
+        dups.is_empty(),
+        "{} duplicates after the resumed `subscribed`",
+        dups.len()
+    );
+    assert_eq!(got, logged[start..].to_vec());
+}
+
+/// A client that stops reading for 2 s while 3,000 events of ~2.5 KB (7 MB) flow, far more
+/// than its socket holds: writes wait for it (they do not pile up in memory), and when it reads
+/// again it gets every event, in order, and is not dropped: its queue never overflowed and no
+/// write waited longer than the write timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_a_client_that_pauses_under_large_events_gets_them_all() {
+    let db = TestDb::new().await;
+    db.execute("select citas_realtime.set_record_columns(array['cliente_id'])")
+        .await;
+    let app = spawn_app(&db.url).await;
+    let hub = app.server.as_ref().unwrap().hub.clone();
+    let mut ws = small_buffer_client(app.addr, "blg", 4096).await;
+    ws.subscribe("blg").await;
+    for _ in 0..30 {
+        db.execute(
+            "insert into citas (negocio_id, cliente_id) select 'blg', repeat('b', 2000) from generate_series(1, 100)",
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logged = logged_seqs(&db, "blg").await;
+    let mut got = Vec::new();
+    while got.len() < logged.len() {
+        let msg = next_raw(&mut ws).await;
+        if is_event(&msg) {
+            got.push(brief(&msg).2);
+        } else {
+            assert_eq!(msg["type"], "estadisticas", "unexpected: {msg}");
+        }
+    }
+    assert_eq!(got, logged);
+    assert_eq!(hub.stats().slow_clients_kicked, 0);
+}
+
+/// A client back after a while at a busy negocio: 4,000 plain events (~330 bytes, no records)
+/// to replay with `since`, read as fast as the client can. Expected: all of them, no close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_replay_of_4000_small_events_to_a_reading_client() {
+    const N: usize = 4000;
+    let db = TestDb::new().await;
+    db.execute(&format!(
+        "insert into citas (negocio_id) select 'smr' from generate_series(1, {N})"
+    ))
+    .await;
+    let app = spawn_app(&db.url).await;
+    let hub = app.server.as_ref().unwrap().hub.clone();
+    let logged = logged_seqs(&db, "smr").await;
+    let mut ws = app.ws(&token(json!({"negocio_id": "smr"}))).await;
+    ws.send(json!({"type": "subscribe", "channel": "estadisticas:smr", "since": 0}))
+        .await;
+    ws.expect("subscribed").await;
+    let mut got = Vec::new();
+    while got.len() < N {
+        let msg = next_raw(&mut ws).await;
+        if is_event(&msg) {
+            got.push(brief(&msg).2);
+        } else if msg["type"] != "estadisticas" {
+            panic!(
+                "after {} of {N} replayed events: {msg} ({:?})",
+                got.len(),
+                hub.stats()
+            );
+        }
+    }
+    assert_eq!(got, logged);
+}
+
+/// Clients already receiving one negocio's events directly (idle, so the hub writes to their
+/// sockets) subscribe to a second negocio while it floods: the first message of the second
+/// channel each gets is its `subscribed`, never a live event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_subscribed_comes_before_any_live_event_of_its_channel() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let writer_a = flood(db.url.clone(), "sa", 100, 5, Duration::from_millis(5));
+    let writer_b = flood(db.url.clone(), "sb", 150, 10, Duration::from_millis(2));
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        let mut ws = app.ws(&token(json!({"negocio_ids": ["sa", "sb"]}))).await;
+        ws.subscribe("sa").await;
+        clients.push(ws);
+    }
+    for (i, ws) in clients.iter_mut().enumerate() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ws.send(json!({"type": "subscribe", "channel": "estadisticas:sb"}))
+            .await;
+        let mut last_a = 0;
+        loop {
+            let msg = next_raw(ws).await;
+            if msg["type"] == "subscribed" {
+                assert_eq!(msg["channel"], "estadisticas:sb");
+                break;
+            }
+            assert!(
+                is_event(&msg) || msg["type"] == "estadisticas",
+                "client {i}: {msg}"
+            );
+            if is_event(&msg) {
+                let (_, negocio, seq) = brief(&msg);
+                assert_eq!(
+                    negocio, "sa",
+                    "client {i}: a live sb event before `subscribed`"
+                );
+                assert!(seq > last_a, "client {i}: sa out of order");
+                last_a = seq;
+            }
+        }
+    }
+    writer_a.await.unwrap();
+    writer_b.await.unwrap();
+    // And from then on, sb events are a contiguous run.
+    let logged_b = logged_seqs(&db, "sb").await;
+    for (i, ws) in clients.iter_mut().enumerate() {
+        let mut got_b = Vec::new();
+        while let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(300), ws.socket.next()).await
+        {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if is_event(&v) && brief(&v).1 == "sb" {
+                got_b.push(brief(&v).2);
+            }
+        }
+        if let Some(first) = got_b.first() {
+            assert_contiguous(&logged_b, first - 1, &got_b, &format!("client {i} sb"));
+            assert_eq!(got_b.last(), logged_b.last(), "client {i}: sb to the end");
+        }
+    }
+}
