@@ -489,7 +489,7 @@ async fn adversarial_constant_pings_interleave_with_direct_and_partial_writes() 
             if tx.send(Message::Ping(payload.into())).await.is_err() {
                 break;
             }
-            if sent % 5 == 0
+            if sent.is_multiple_of(5)
                 && tx
                     .send(Message::text(json!({"type": "ping"}).to_string()))
                     .await
