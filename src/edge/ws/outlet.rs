@@ -38,7 +38,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 /// The most bytes one write may leave in the backlog (a hard bound: writes are far smaller).
 pub const BACKLOG_LIMIT: usize = 256 * 1024;
 
-/// The write error of a client whose backlog is full.
+/// The error of a write whose rest would not fit the backlog (no write this server makes).
 #[derive(Debug, thiserror::Error)]
 #[error("one write left more than {BACKLOG_LIMIT} bytes for the client")]
 pub struct Backlogged;
