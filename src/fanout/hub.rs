@@ -365,6 +365,15 @@ mod tests {
 
     use tokio::sync::mpsc;
 
+    use crate::fanout::outlet::queue;
+
+    /// A bare queue: every frame is queued.
+    impl Outlet for mpsc::Sender<Arc<Outbound>> {
+        fn offer(&self, frame: &Arc<Outbound>, _direct: bool) -> Offered {
+            queue(self, frame)
+        }
+    }
+
     fn subscriber(hub: &Hub, capacity: usize) -> (Subscriber, mpsc::Receiver<Arc<Outbound>>) {
         let (queue, rx) = mpsc::channel(capacity);
         let sub = Subscriber {

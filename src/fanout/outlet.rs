@@ -4,8 +4,7 @@
 //! by the publishing thread, when the connection is idle (nothing queued, nothing half-written,
 //! its task not busy) and the socket takes it at once; or queued for the connection's task, the
 //! slow path. The direct write is what makes a trickle of events cheap: no task is woken, no
-//! worker thread unparked, per recipient. The socket side is
-//! [`crate::edge::ws::outlet`]; a bare queue is an outlet too (it always queues).
+//! worker thread unparked, per recipient. The socket side is [`crate::edge::ws::outlet`].
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -33,13 +32,6 @@ pub trait Outlet: Send + Sync + Debug {
     /// connection is idle, queued otherwise. Frames offered to one outlet reach the client in
     /// the order offered, whichever way each went.
     fn offer(&self, frame: &Arc<Outbound>, direct: bool) -> Offered;
-}
-
-/// A bare queue: every frame is queued.
-impl Outlet for mpsc::Sender<Arc<Outbound>> {
-    fn offer(&self, frame: &Arc<Outbound>, _direct: bool) -> Offered {
-        queue(self, frame)
-    }
 }
 
 /// `try_send`, as an [`Offered`].

@@ -13,33 +13,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{
-    brief, config_with, connect, spawn_app, spawn_app_ready, token, BinaryServer, TestApp, TestDb,
-    Ws, DEADLINE,
+    brief, config_with, connect, seqs, small_buffer_client, spawn_app, spawn_app_ready, token,
+    BinaryServer, TestApp, TestDb, Ws, DEADLINE,
 };
-
-fn seqs(events: &[Value]) -> Vec<i64> {
-    events.iter().map(|e| brief(e).2).collect()
-}
-
-async fn logged_seqs(db: &TestDb, negocio: &str) -> Vec<i64> {
-    db.logged(negocio).await.iter().map(|(s, _)| *s).collect()
-}
-
-/// A client whose kernel receive buffer is `rcvbuf` bytes, not yet subscribed.
-async fn small_buffer_client(addr: std::net::SocketAddr, negocio: &str, rcvbuf: u32) -> Ws {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(rcvbuf).unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    let url = format!(
-        "ws://{addr}/ws?token={}",
-        token(json!({ "negocio_id": negocio }))
-    );
-    let (socket, _) =
-        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-            .await
-            .unwrap();
-    Ws::new(socket)
-}
 
 /// A writer inserting `statements` statements of `rows` rows each into `negocio`, pausing
 /// `pause` between statements.
@@ -108,39 +84,47 @@ fn assert_contiguous(logged: &[i64], since: i64, got: &[i64], what: &str) {
 
 /// 1,000 events of ~2.9 KB (records on) are in the log; a fresh client resumes with since = 0
 /// and reads as fast as it can. Expected: every event (the replay queue holds 4,096 and the
-/// replay budget 40,960), no close. Passes before 52af359 (direct writes), fails after: the
-/// socket wrapper never says 'not now', so a 1,000-event page goes to the 256 KiB backlog at
-/// memory speed and overflows it.
+/// replay budget 40,960), no close. It failed while the socket's shared writer never said
+/// "not now": a 1,000-event page went to the 256 KiB backlog at memory speed and overflowed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adversarial_big_replay_to_a_reading_client_is_not_kicked() {
-    const N: usize = 1000;
     let db = TestDb::new().await;
     db.execute("select citas_realtime.set_record_columns(array['cliente_id'])")
         .await;
-    db.execute(&format!(
-        "insert into citas (negocio_id, cliente_id) select 'bigr', repeat('x', 2500) from generate_series(1, {N})"
-    ))
+    replay_everything(
+        &db,
+        "bigr",
+        1000,
+        "insert into citas (negocio_id, cliente_id) \
+         select 'bigr', repeat('x', 2500) from generate_series(1, 1000)",
+    )
     .await;
+}
+
+/// Runs `insert` (`rows` rows of `negocio`), then a client resumes with since = 0 and reads as
+/// fast as it can: it must get every event, in order, and nothing but statistics besides.
+async fn replay_everything(db: &TestDb, negocio: &str, rows: usize, insert: &str) {
+    db.execute(insert).await;
     let app = spawn_app(&db.url).await;
     let hub = app.server.as_ref().unwrap().hub.clone();
-    let logged = logged_seqs(&db, "bigr").await;
-    assert_eq!(logged.len(), N);
-    let mut ws = app.ws(&token(json!({"negocio_id": "bigr"}))).await;
-    ws.send(json!({"type": "subscribe", "channel": "estadisticas:bigr", "since": 0}))
+    let logged = db.logged_seqs(negocio).await;
+    assert_eq!(logged.len(), rows);
+    let mut ws = app.ws(&token(json!({"negocio_id": negocio}))).await;
+    let channel = format!("estadisticas:{negocio}");
+    ws.send(json!({"type": "subscribe", "channel": channel, "since": 0}))
         .await;
     ws.expect("subscribed").await;
     let mut got = Vec::new();
-    while got.len() < N {
+    while got.len() < logged.len() {
         let msg = next_raw(&mut ws).await;
         if is_event(&msg) {
             got.push(brief(&msg).2);
-        } else if msg["type"] == "estadisticas" {
-            continue;
-        } else {
+        } else if msg["type"] != "estadisticas" {
             panic!(
-                "after {} of {N} replayed events: {msg} (kicked: {})",
+                "after {} of {} replayed events: {msg} ({:?})",
                 got.len(),
-                hub.stats().slow_clients_kicked
+                logged.len(),
+                hub.stats()
             );
         }
     }
@@ -177,7 +161,7 @@ async fn adversarial_burst_of_large_live_events_to_a_reading_client_is_not_kicke
     let got = reader.await.unwrap();
     let kicked = hub.stats().slow_clients_kicked;
     let got = got.unwrap_or_else(|e| panic!("{e} (slow_clients_kicked = {kicked})"));
-    assert_eq!(got, logged_seqs(&db, "bigl").await);
+    assert_eq!(got, db.logged_seqs("bigl").await);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -193,7 +177,7 @@ async fn adversarial_resume_during_a_high_rate_flood_is_exact() {
     // Some history first.
     db.execute("insert into citas (negocio_id) select 'hot' from generate_series(1, 300)")
         .await;
-    let history = logged_seqs(&db, "hot").await;
+    let history = db.logged_seqs("hot").await;
     let writer = flood(db.url.clone(), "hot", 60, 50, Duration::from_millis(5));
     let mut clients = Vec::new();
     for i in 0..8usize {
@@ -206,7 +190,7 @@ async fn adversarial_resume_during_a_high_rate_flood_is_exact() {
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
     writer.await.unwrap();
-    let logged = logged_seqs(&db, "hot").await;
+    let logged = db.logged_seqs("hot").await;
     assert_eq!(logged.len(), 300 + 60 * 50);
     for (since, ws) in clients.iter_mut() {
         let start = logged.partition_point(|s| *s <= *since);
@@ -271,7 +255,7 @@ async fn adversarial_pipelined_unsubscribe_and_resume_has_no_duplicates() {
         rounds.push((since, got, stale_after_unsubscribed));
     }
     writer.await.unwrap();
-    let logged = logged_seqs(&db, "pipe").await;
+    let logged = db.logged_seqs("pipe").await;
     for (i, (since, got, stale)) in rounds.iter().enumerate() {
         eprintln!("round {i}: since {since}, {stale} events between `unsubscribed` and `subscribed`, then {:?}", &got[..got.len().min(12)]);
         let dup: Vec<_> = {
@@ -345,7 +329,7 @@ async fn adversarial_subscribe_unsubscribe_loops_during_a_flood() {
         segments.push(seg);
     }
     writer.await.unwrap();
-    let logged = logged_seqs(&db, "loop").await;
+    let logged = db.logged_seqs("loop").await;
     let mut seen = HashSet::new();
     let dups: Vec<i64> = all.iter().filter(|s| !seen.insert(**s)).copied().collect();
     assert!(
@@ -426,7 +410,7 @@ async fn adversarial_clients_that_pause_and_resume_get_whole_frames_in_order() {
     });
     let read = seqs(&reader.events(STATEMENTS * ROWS).await);
     writer.await.unwrap();
-    let logged = logged_seqs(&db, "pr").await;
+    let logged = db.logged_seqs("pr").await;
     assert_eq!(read, logged);
     let mut kicked = 0;
     for t in tasks {
@@ -569,7 +553,7 @@ async fn adversarial_constant_pings_interleave_with_direct_and_partial_writes() 
     writer.await.unwrap();
     stop_tx.send(()).unwrap();
     let (_tx, sent) = pinger.await.unwrap();
-    assert_eq!(got, logged_seqs(&db, "png").await);
+    assert_eq!(got, db.logged_seqs("png").await);
     let stats = hub.stats();
     eprintln!("pings: sent {sent}, pongs {pongs}, json pongs {json_pongs}; {stats:?}");
     assert!(
@@ -605,7 +589,7 @@ async fn adversarial_frames_near_the_size_limits_arrive_whole() {
             .unwrap();
         want.push(value);
     }
-    let logged = logged_seqs(&db, "lim").await;
+    let logged = db.logged_seqs("lim").await;
     assert_eq!(seqs(&fast.events(want.len()).await), logged);
     let mut got = Vec::new();
     while got.len() < want.len() {
@@ -644,7 +628,7 @@ async fn adversarial_statistics_follow_their_events_during_a_flood() {
     let app = spawn_app_ready(config).await;
     db.execute("insert into citas (negocio_id) select 'st' from generate_series(1, 100)")
         .await;
-    let history = logged_seqs(&db, "st").await;
+    let history = db.logged_seqs("st").await;
     let writer = flood(db.url.clone(), "st", 50, 20, Duration::from_millis(15));
     let mut clients = Vec::new();
     for i in 0..4 {
@@ -661,7 +645,7 @@ async fn adversarial_statistics_follow_their_events_during_a_flood() {
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     writer.await.unwrap();
-    let logged = logged_seqs(&db, "st").await;
+    let logged = db.logged_seqs("st").await;
     let total = logged.len();
     let last = *logged.last().unwrap();
     for (i, (since, ws)) in clients.iter_mut().enumerate() {
@@ -806,7 +790,7 @@ async fn adversarial_resets_half_closes_and_closes_mid_stream() {
     }
     writer.await.unwrap();
     let (got, mut reader) = reading.await.unwrap();
-    assert_eq!(got, logged_seqs(&db, "brk").await);
+    assert_eq!(got, db.logged_seqs("brk").await);
     reader.send(json!({"type": "ping"})).await;
     reader.expect("pong").await;
     let deadline = Instant::now() + DEADLINE;
@@ -892,7 +876,7 @@ async fn adversarial_pipelined_unsubscribe_and_resume_while_far_behind() {
         }
     }
     writer.await.unwrap();
-    let logged = logged_seqs(&db, "far").await;
+    let logged = db.logged_seqs("far").await;
     let start = logged.partition_point(|s| *s <= last);
     let mut got = Vec::new();
     let deadline = Instant::now() + DEADLINE;
@@ -960,7 +944,7 @@ async fn adversarial_a_client_that_pauses_under_large_events_gets_them_all() {
         .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let logged = logged_seqs(&db, "blg").await;
+    let logged = db.logged_seqs("blg").await;
     let mut got = Vec::new();
     while got.len() < logged.len() {
         let msg = next_raw(&mut ws).await;
@@ -978,33 +962,14 @@ async fn adversarial_a_client_that_pauses_under_large_events_gets_them_all() {
 /// to replay with `since`, read as fast as the client can. Expected: all of them, no close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adversarial_replay_of_4000_small_events_to_a_reading_client() {
-    const N: usize = 4000;
     let db = TestDb::new().await;
-    db.execute(&format!(
-        "insert into citas (negocio_id) select 'smr' from generate_series(1, {N})"
-    ))
+    replay_everything(
+        &db,
+        "smr",
+        4000,
+        "insert into citas (negocio_id) select 'smr' from generate_series(1, 4000)",
+    )
     .await;
-    let app = spawn_app(&db.url).await;
-    let hub = app.server.as_ref().unwrap().hub.clone();
-    let logged = logged_seqs(&db, "smr").await;
-    let mut ws = app.ws(&token(json!({"negocio_id": "smr"}))).await;
-    ws.send(json!({"type": "subscribe", "channel": "estadisticas:smr", "since": 0}))
-        .await;
-    ws.expect("subscribed").await;
-    let mut got = Vec::new();
-    while got.len() < N {
-        let msg = next_raw(&mut ws).await;
-        if is_event(&msg) {
-            got.push(brief(&msg).2);
-        } else if msg["type"] != "estadisticas" {
-            panic!(
-                "after {} of {N} replayed events: {msg} ({:?})",
-                got.len(),
-                hub.stats()
-            );
-        }
-    }
-    assert_eq!(got, logged);
 }
 
 /// Clients already receiving one negocio's events directly (idle, so the hub writes to their
@@ -1051,7 +1016,7 @@ async fn adversarial_subscribed_comes_before_any_live_event_of_its_channel() {
     writer_a.await.unwrap();
     writer_b.await.unwrap();
     // And from then on, sb events are a contiguous run.
-    let logged_b = logged_seqs(&db, "sb").await;
+    let logged_b = db.logged_seqs("sb").await;
     for (i, ws) in clients.iter_mut().enumerate() {
         let mut got_b = Vec::new();
         while let Ok(Some(Ok(Message::Text(t)))) =

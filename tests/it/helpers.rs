@@ -157,6 +157,11 @@ impl TestDb {
             .map(|r| (r.get(0), r.get(1)))
             .collect()
     }
+
+    /// The seqs of the events the log holds for a negocio, in order.
+    pub async fn logged_seqs(&self, negocio: &str) -> Vec<i64> {
+        self.logged(negocio).await.iter().map(|(s, _)| *s).collect()
+    }
 }
 
 impl Drop for TestDb {
@@ -488,6 +493,27 @@ impl Ws {
             }
         }
     }
+}
+
+/// The seqs of event messages, in order.
+pub fn seqs(events: &[Value]) -> Vec<i64> {
+    events.iter().map(|e| brief(e).2).collect()
+}
+
+/// A client of `negocio` whose kernel receive buffer is `rcvbuf` bytes, so that not reading
+/// soon stalls the server's writes to it; not subscribed yet.
+pub async fn small_buffer_client(addr: std::net::SocketAddr, negocio: &str, rcvbuf: u32) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(rcvbuf).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let url = format!(
+        "ws://{addr}/ws?token={}",
+        token(json!({ "negocio_id": negocio }))
+    );
+    let (socket, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    Ws::new(socket)
 }
 
 /// `(type, negocio_id, seq)` of an event message, for compact assertions.

@@ -3,12 +3,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::helpers::{
-    brief, config_with, spawn_app, spawn_app_unready, test_config, token, BinaryServer, TestApp,
-    TestDb, Ws, DEADLINE,
+    config_with, seqs, small_buffer_client, spawn_app, spawn_app_unready, test_config, token,
+    BinaryServer, TestApp, TestDb, Ws, DEADLINE,
 };
 
 /// Subscribes to `negocio` resuming after `since`; returns after the `subscribed` answer.
@@ -28,10 +27,6 @@ async fn insert(db: &TestDb, negocio: &str, n: usize) {
     }
 }
 
-fn seqs(events: &[serde_json::Value]) -> Vec<i64> {
-    events.iter().map(|e| brief(e).2).collect()
-}
-
 #[tokio::test]
 async fn a_client_resumes_exactly_across_disconnects_and_a_server_restart() {
     let db = TestDb::new().await;
@@ -48,7 +43,7 @@ async fn a_client_resumes_exactly_across_disconnects_and_a_server_restart() {
     resume(&mut ws, "res", *seen.last().unwrap()).await;
     insert(&db, "res", 1).await;
     let got = seqs(&ws.events(5).await);
-    let logged: Vec<i64> = db.logged("res").await.iter().map(|(s, _)| *s).collect();
+    let logged: Vec<i64> = db.logged_seqs("res").await;
     assert_eq!(got, logged[3..].to_vec());
     ws.send(json!({"type": "ping"})).await;
     ws.expect("pong").await;
@@ -61,7 +56,7 @@ async fn a_client_resumes_exactly_across_disconnects_and_a_server_restart() {
     let mut ws = app.ws(&token(json!({"negocio_id": "res"}))).await;
     resume(&mut ws, "res", *got.last().unwrap()).await;
     let after_restart = seqs(&ws.events(2).await);
-    let logged: Vec<i64> = db.logged("res").await.iter().map(|(s, _)| *s).collect();
+    let logged: Vec<i64> = db.logged_seqs("res").await;
     assert_eq!(after_restart, logged[8..].to_vec());
     // since = 0 replays everything the log holds.
     let mut all = app.ws(&token(json!({"negocio_id": "res"}))).await;
@@ -91,7 +86,7 @@ async fn resuming_under_concurrent_writes_has_no_gap_and_no_duplicate() {
         clients.push(ws);
     }
     writer.await.unwrap();
-    let logged: Vec<i64> = db.logged("seam").await.iter().map(|(s, _)| *s).collect();
+    let logged: Vec<i64> = db.logged_seqs("seam").await;
     assert_eq!(logged.len(), 300);
     for ws in clients.iter_mut() {
         assert_eq!(seqs(&ws.events(300).await), logged);
@@ -105,7 +100,7 @@ async fn a_since_the_log_cannot_serve_gets_resync() {
     let db = TestDb::new().await;
     let app = spawn_app(&db.url).await;
     insert(&db, "rs", 5).await;
-    let logged: Vec<i64> = db.logged("rs").await.iter().map(|(s, _)| *s).collect();
+    let logged: Vec<i64> = db.logged_seqs("rs").await;
 
     // Newer than anything the log holds (another database, or a reset one).
     let mut ws = app.ws(&token(json!({"negocio_id": "rs"}))).await;
@@ -186,18 +181,7 @@ async fn prune_runs_one_caller_at_a_time_and_the_server_prunes_by_itself() {
 
 /// A client connection whose kernel receive buffer is tiny, so that not reading stalls it.
 async fn stalled_client(addr: std::net::SocketAddr, negocio: &str) -> Ws {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    let url = format!(
-        "ws://{addr}/ws?token={}",
-        token(json!({"negocio_id": negocio}))
-    );
-    let (socket, _) =
-        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-            .await
-            .unwrap();
-    let mut ws = Ws::new(socket);
+    let mut ws = small_buffer_client(addr, negocio, 4096).await;
     ws.subscribe(negocio).await;
     ws
 }
@@ -230,7 +214,7 @@ async fn stalled_clients_are_dropped_and_the_others_get_everything() {
             .await;
     }
     let got = reading.await.unwrap();
-    let logged: Vec<i64> = db.logged("slow").await.iter().map(|(s, _)| *s).collect();
+    let logged: Vec<i64> = db.logged_seqs("slow").await;
     assert!(
         got == logged,
         "the reading client got every event, in order"
@@ -271,7 +255,7 @@ async fn a_client_that_pauses_reading_gets_every_event_whole_and_in_order() {
         ))
         .await;
     }
-    let logged: Vec<i64> = db.logged("pause").await.iter().map(|(s, _)| *s).collect();
+    let logged: Vec<i64> = db.logged_seqs("pause").await;
     assert_eq!(logged.len(), EVENTS);
     // The reading client gets everything while the other still reads nothing.
     assert_eq!(seqs(&reader.events(EVENTS).await), logged);

@@ -96,7 +96,7 @@ async fn a_killed_listener_connection_loses_nothing() {
         .iter()
         .map(|e| brief(e).2)
         .collect();
-    let logged: Vec<i64> = db.logged("k").await.iter().map(|(s, _)| *s).collect();
+    let logged: Vec<i64> = db.logged_seqs("k").await;
     assert_eq!(seqs, logged);
     assert!(app.wait_health(200).await["listener_reconnects"].as_u64() >= Some(1));
 }
@@ -130,7 +130,7 @@ async fn out_of_order_commits_are_delivered_once() {
         .chain(rest.iter())
         .map(|e| brief(e).2)
         .collect();
-    let logged: Vec<i64> = db.logged("o").await.iter().map(|(s, _)| *s).collect();
+    let logged: Vec<i64> = db.logged_seqs("o").await;
     assert_eq!(logged.len(), 3);
     // Commit order: the fast one (seq 2), then the slow one (seq 1), then the last (seq 3).
     assert_eq!(seqs, vec![logged[1], logged[0], logged[2]]);
@@ -159,7 +159,7 @@ async fn a_writer_younger_than_the_last_commit_is_waited_for() {
     let first = ws.events(1).await;
     slow.batch_execute("commit").await.unwrap();
     let second = ws.events(1).await;
-    let logged: Vec<i64> = db.logged("y").await.iter().map(|(s, _)| *s).collect();
+    let logged: Vec<i64> = db.logged_seqs("y").await;
     assert_eq!(logged.len(), 2);
     assert_eq!(
         vec![brief(&first[0]).2, brief(&second[0]).2],
