@@ -15,11 +15,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::fanout::frames::{self, Outbound};
+use crate::fanout::lane::Lane;
 use crate::fanout::outlet::{Offered, Outlet};
 use crate::log::cursor::LogPosition;
 use crate::log::event::{Action, Event};
@@ -56,6 +57,8 @@ pub struct Hub {
     delivered: AtomicU64,
     /// Of those, written straight to the socket by the publishing thread.
     written_directly: AtomicU64,
+    /// The second writer of large direct fan-outs, started by the first (`None`: no thread).
+    lane: OnceLock<Option<Lane>>,
     kicked: AtomicU64,
     replayed: AtomicU64,
     /// Open connections per token subject.
@@ -81,7 +84,7 @@ const NO_SUBJECT: &str = "";
 pub const DIRECT_FANOUT: usize = 2048;
 
 /// Direct fan-outs over this many subscribers are split between the publishing thread and a
-/// second one (see [`fan_out`]): for 2,000 subscribers the last frame leaves in half the time.
+/// second one (see `Hub::fan_out`): for 2,000 subscribers the last frame leaves in half the time.
 pub const SPLIT_FANOUT: usize = 512;
 
 /// A reserved connection slot; released when dropped.
@@ -276,7 +279,7 @@ impl Hub {
                 };
                 for (negocio_id, subs) in targets {
                     let frame = frames::outbound(event, negocio_id);
-                    tally.add(fan_out(negocio_id, subs, &frame));
+                    tally.add(self.fan_out(negocio_id, subs, &frame));
                 }
             }
             *self.position.lock().unwrap_or_else(PoisonError::into_inner) = position;
@@ -285,6 +288,35 @@ impl Hub {
         self.written_directly
             .fetch_add(tally.direct, Ordering::Relaxed);
         self.kick(tally.overflowed);
+    }
+
+    /// Offers `frame` to every subscriber of one negocio. A direct fan-out over
+    /// [`SPLIT_FANOUT`] is written by two threads: this one writes the first half while the
+    /// [`Lane`] writes the second, and this one waits for it. Both halves are done before the
+    /// next event's frames and before `publish` gives up the read lock, so a subscriber's frames
+    /// stay in order and none is written after an unsubscribe (which takes the write lock).
+    fn fan_out(&self, negocio_id: &str, subs: &[Entry], frame: &Arc<Outbound>) -> Tally {
+        let direct = subs.len() <= DIRECT_FANOUT;
+        let lane = (direct && subs.len() > SPLIT_FANOUT)
+            .then(|| self.lane.get_or_init(Lane::start).as_ref())
+            .flatten();
+        let Some(lane) = lane else {
+            return offer_all(negocio_id, subs, frame, direct);
+        };
+        let (mine, theirs) = subs.split_at(subs.len() / 2);
+        let outlets = theirs.iter().map(|e| e.sub.outlet.clone()).collect();
+        let (mut tally, offered) =
+            lane.offer_beside(frame, outlets, || offer_all(negocio_id, mine, frame, true));
+        match offered {
+            Some(offered) => {
+                for (entry, offered) in theirs.iter().zip(offered) {
+                    tally.count(negocio_id, judge(&entry.sub, offered));
+                }
+            }
+            // No lane after all: this thread writes the other half too.
+            None => tally.add(offer_all(negocio_id, theirs, frame, true)),
+        }
+        tally
     }
 
     /// Removes the subscriptions of connections whose queue overflowed (already kicked).
@@ -324,6 +356,16 @@ struct Tally {
 }
 
 impl Tally {
+    fn count(&mut self, negocio_id: &str, offered: Result<Offered, ConnId>) {
+        match offered {
+            Ok(offered) => {
+                self.delivered += 1;
+                self.direct += u64::from(offered == Offered::Written);
+            }
+            Err(id) => self.overflowed.push((negocio_id.to_string(), id)),
+        }
+    }
+
     fn add(&mut self, other: Tally) {
         self.delivered += other.delivered;
         self.direct += other.direct;
@@ -331,43 +373,10 @@ impl Tally {
     }
 }
 
-/// Offers `frame` to every subscriber of one negocio. A direct fan-out over [`SPLIT_FANOUT`]
-/// is written by two threads, each half by one, both finished before this returns: a
-/// subscriber's frames stay in order, and none is written after the hub's read lock is given
-/// up (an unsubscribe waits for that lock).
-fn fan_out(negocio_id: &str, subs: &[Entry], frame: &Arc<Outbound>) -> Tally {
-    let direct = subs.len() <= DIRECT_FANOUT;
-    if !direct || subs.len() <= SPLIT_FANOUT {
-        return offer_all(negocio_id, subs, frame, direct);
-    }
-    let (mine, theirs) = subs.split_at(subs.len() / 2);
-    std::thread::scope(|scope| {
-        let other = std::thread::Builder::new()
-            .name("citas-fanout".into())
-            .spawn_scoped(scope, || offer_all(negocio_id, theirs, frame, true));
-        let mut tally = offer_all(negocio_id, mine, frame, true);
-        match other {
-            Ok(other) => match other.join() {
-                Ok(half) => tally.add(half),
-                Err(panic) => std::panic::resume_unwind(panic),
-            },
-            // No thread to be had: this one writes the other half too.
-            Err(_) => tally.add(offer_all(negocio_id, theirs, frame, true)),
-        }
-        tally
-    })
-}
-
 fn offer_all(negocio_id: &str, subs: &[Entry], frame: &Arc<Outbound>, direct: bool) -> Tally {
     let mut tally = Tally::default();
     for entry in subs {
-        match offer(&entry.sub, frame, direct) {
-            Ok(offered) => {
-                tally.delivered += 1;
-                tally.direct += u64::from(offered == Offered::Written);
-            }
-            Err(id) => tally.overflowed.push((negocio_id.to_string(), id)),
-        }
+        tally.count(negocio_id, offer(&entry.sub, frame, direct));
     }
     tally
 }
@@ -376,7 +385,12 @@ fn offer_all(negocio_id: &str, subs: &[Entry], frame: &Arc<Outbound>, direct: bo
 /// with the connection's id when its queue is full: it is kicked (its connection closes with
 /// 1013) and must be unsubscribed.
 fn offer(sub: &Subscriber, frame: &Arc<Outbound>, direct: bool) -> Result<Offered, ConnId> {
-    match sub.outlet.offer(frame, direct) {
+    judge(sub, sub.outlet.offer(frame, direct))
+}
+
+/// What the hub does about how an offer to `sub` went.
+fn judge(sub: &Subscriber, offered: Offered) -> Result<Offered, ConnId> {
+    match offered {
         // Kicked once: until the hub removes it, its full queue refuses every frame.
         Offered::Full if sub.kicked.is_cancelled() => Ok(Offered::Closed),
         Offered::Full => {
@@ -497,5 +511,51 @@ mod tests {
         let stats = hub.stats();
         assert_eq!(stats.subscriptions, SPLIT_FANOUT * 2);
         assert_eq!(stats.slow_clients_kicked, 1);
+    }
+
+    /// An outlet whose offers panic on the lane's thread, and queue elsewhere.
+    #[derive(Debug)]
+    struct PanicsInLane(mpsc::Sender<Arc<Outbound>>);
+
+    impl Outlet for PanicsInLane {
+        fn offer(&self, frame: &Arc<Outbound>, _direct: bool) -> Offered {
+            assert_ne!(
+                std::thread::current().name(),
+                Some("citas-fanout"),
+                "test panic"
+            );
+            queue(&self.0, frame)
+        }
+    }
+
+    /// Should the lane die during a fan-out, its half is kicked (those clients resume without a
+    /// gap), the other half is served, and later fan-outs are written by the publisher alone.
+    #[test]
+    fn a_lane_that_dies_kicks_its_half_and_is_not_used_again() {
+        let hub = Hub::new();
+        let receivers: Vec<_> = (0..SPLIT_FANOUT * 3)
+            .map(|_| {
+                let (queue, rx) = mpsc::channel(4);
+                let sub = Subscriber {
+                    id: hub.next_conn_id(),
+                    outlet: Arc::new(PanicsInLane(queue)),
+                    kicked: CancellationToken::new(),
+                };
+                hub.subscribe("a", &sub, false);
+                (sub, rx)
+            })
+            .collect();
+        hub.publish(&[event(1, "a")], LogPosition::default());
+        let half = SPLIT_FANOUT * 3 / 2;
+        assert_eq!(hub.stats().slow_clients_kicked, half as u64);
+        hub.publish(&[event(2, "a")], LogPosition::default());
+        for (i, (sub, mut rx)) in receivers.into_iter().enumerate() {
+            let seqs: Vec<i64> = std::iter::from_fn(|| rx.try_recv().ok().map(|f| f.seq)).collect();
+            if i < half {
+                assert_eq!(seqs, [1, 2]);
+            } else {
+                assert!(sub.kicked.is_cancelled() && seqs.is_empty());
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod frames;
 pub mod hub;
+mod lane;
 pub mod outlet;
 pub mod stats;
 
