@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLo
 use tokio_util::sync::CancellationToken;
 
 use crate::fanout::frames::{self, Outbound};
-use crate::fanout::lane::Lane;
+use crate::fanout::lane::{Beside, Lane};
 use crate::fanout::outlet::{Offered, Outlet};
 use crate::log::cursor::LogPosition;
 use crate::log::event::{Action, Event};
@@ -44,7 +44,10 @@ struct Entry {
     stats: bool,
 }
 
-type Channels = HashMap<String, Vec<Entry>>;
+/// Each negocio's subscribers, shared (a reference-count increment) with the [`Lane`] during a
+/// split fan-out; changed only under the write lock, when no fan-out holds a clone, so
+/// `Arc::make_mut` never copies.
+type Channels = HashMap<String, Arc<Vec<Entry>>>;
 
 #[derive(Debug, Default)]
 pub struct Hub {
@@ -55,7 +58,7 @@ pub struct Hub {
     next_id: AtomicU64,
     connections: AtomicUsize,
     delivered: AtomicU64,
-    /// Of those, written straight to the socket by the publishing thread.
+    /// Of those, written straight to the socket by the publishing thread (or the lane).
     written_directly: AtomicU64,
     /// The second writer of large direct fan-outs, started by the first (`None`: no thread).
     lane: OnceLock<Option<Lane>>,
@@ -77,14 +80,15 @@ pub enum Refused {
 const NO_SUBJECT: &str = "";
 
 /// Events with at most this many subscribers are written straight to idle sockets by the
-/// publishing thread (the listener's). A direct write costs that thread about 9 µs (mostly the
-/// kernel's), so this bounds how long one event holds up the next ones, of every negocio, to
-/// about 18 ms. Larger fan-outs are queued: about 0.3 µs each for the listener, and every worker
-/// thread shares the writes.
+/// publishing thread (the listener's), with the [`Lane`] past [`SPLIT_FANOUT`]. A direct write
+/// costs about 5-9 µs (mostly the kernel's), so this bounds how long one event holds up the
+/// next ones, of every negocio, to about 10 ms with two threads writing. Larger fan-outs are
+/// queued: about 0.3 µs each for the listener, and every worker thread shares the writes.
 pub const DIRECT_FANOUT: usize = 2048;
 
-/// Direct fan-outs over this many subscribers are split between the publishing thread and a
-/// second one (see `Hub::fan_out`): for 2,000 subscribers the last frame leaves in half the time.
+/// Direct fan-outs over this many subscribers are shared between the publishing thread and the
+/// [`Lane`] (see `Hub::fan_out`): for 2,000 subscribers the last frame leaves in about half the
+/// time. Below it, waking the lane would cost more than it saves.
 pub const SPLIT_FANOUT: usize = 512;
 
 /// A reserved connection slot; released when dropped.
@@ -191,7 +195,7 @@ impl Hub {
     /// those for which [`LogPosition::may_publish_later`] holds.
     pub fn subscribe(&self, negocio_id: &str, sub: &Subscriber, stats: bool) -> LogPosition {
         let mut channels = self.write();
-        let list = channels.entry(negocio_id.to_string()).or_default();
+        let list = Arc::make_mut(channels.entry(negocio_id.to_string()).or_default());
         if !list.iter().any(|e| e.sub.id == sub.id) {
             list.push(Entry {
                 sub: sub.clone(),
@@ -229,7 +233,7 @@ impl Hub {
     /// (all of them when `negocios` is `None`).
     pub fn with_stats_subscribers(&self, negocios: Option<&[String]>) -> Vec<String> {
         let channels = self.read();
-        let wants = |list: &Vec<Entry>| list.iter().any(|e| e.stats);
+        let wants = |list: &Arc<Vec<Entry>>| list.iter().any(|e| e.stats);
         match negocios {
             Some(negocios) => negocios
                 .iter()
@@ -250,7 +254,7 @@ impl Hub {
         let mut overflowed = Vec::new();
         {
             let channels = self.read();
-            for entry in channels.get(negocio_id).into_iter().flatten() {
+            for entry in channels.get(negocio_id).into_iter().flat_map(|l| l.iter()) {
                 if entry.stats && only.is_none_or(|id| id == entry.sub.id) {
                     if let Err(id) = offer(&entry.sub, &frame, true) {
                         overflowed.push((negocio_id.to_string(), id));
@@ -269,7 +273,8 @@ impl Hub {
             let channels = self.read();
             for event in events {
                 // A truncate concerns every channel; any other event, its negocio's only.
-                let targets: Vec<(&String, &Vec<Entry>)> = if event.action == Action::Truncated {
+                let targets: Vec<(&String, &Arc<Vec<Entry>>)> = if event.action == Action::Truncated
+                {
                     channels.iter().collect()
                 } else {
                     channels
@@ -291,11 +296,12 @@ impl Hub {
     }
 
     /// Offers `frame` to every subscriber of one negocio. A direct fan-out over
-    /// [`SPLIT_FANOUT`] is written by two threads: this one writes the first half while the
-    /// [`Lane`] writes the second, and this one waits for it. Both halves are done before the
-    /// next event's frames and before `publish` gives up the read lock, so a subscriber's frames
-    /// stay in order and none is written after an unsubscribe (which takes the write lock).
-    fn fan_out(&self, negocio_id: &str, subs: &[Entry], frame: &Arc<Outbound>) -> Tally {
+    /// [`SPLIT_FANOUT`] is shared with the [`Lane`]: both threads take the next [`CHUNK`]
+    /// subscribers until none is left, and this one waits for the lane. All is written before
+    /// the next event's frames and before `publish` gives up the read lock, so a subscriber's
+    /// frames stay in order and none is written after an unsubscribe (which takes the write
+    /// lock). Each subscriber is offered the frame by exactly one of the threads.
+    fn fan_out(&self, negocio_id: &str, subs: &Arc<Vec<Entry>>, frame: &Arc<Outbound>) -> Tally {
         let direct = subs.len() <= DIRECT_FANOUT;
         let lane = (direct && subs.len() > SPLIT_FANOUT)
             .then(|| self.lane.get_or_init(Lane::start).as_ref())
@@ -303,18 +309,29 @@ impl Hub {
         let Some(lane) = lane else {
             return offer_all(negocio_id, subs, frame, direct);
         };
-        let (mine, theirs) = subs.split_at(subs.len() / 2);
-        let outlets = theirs.iter().map(|e| e.sub.outlet.clone()).collect();
-        let (mut tally, offered) =
-            lane.offer_beside(frame, outlets, || offer_all(negocio_id, mine, frame, true));
-        match offered {
-            Some(offered) => {
-                for (entry, offered) in theirs.iter().zip(offered) {
-                    tally.count(negocio_id, judge(&entry.sub, offered));
+        let split = Arc::new(Split {
+            negocio_id: negocio_id.to_string(),
+            subs: subs.clone(),
+            frame: frame.clone(),
+            next: AtomicUsize::new(0),
+        });
+        let theirs = split.clone();
+        let (mut tally, beside) = lane.beside(move || theirs.work(), || split.work());
+        match beside {
+            Beside::Done(theirs) => tally.add(theirs),
+            // Every chunk was taken here.
+            Beside::NotRun => {}
+            // Which of its frames went out is unknown: every subscriber is kicked, and resumes
+            // without a gap.
+            Beside::Failed => {
+                tracing::error!(
+                    negocio_id,
+                    "a fan-out thread failed: its subscribers are kicked"
+                );
+                for entry in subs.iter() {
+                    tally.count(negocio_id, judge(&entry.sub, Offered::Full));
                 }
             }
-            // No lane after all: this thread writes the other half too.
-            None => tally.add(offer_all(negocio_id, theirs, frame, true)),
         }
         tally
     }
@@ -337,7 +354,7 @@ impl Hub {
         HubStats {
             connections: self.connections.load(Ordering::Relaxed),
             channels: channels.len(),
-            subscriptions: channels.values().map(Vec::len).sum(),
+            subscriptions: channels.values().map(|l| l.len()).sum(),
             delivered: self.delivered.load(Ordering::Relaxed),
             written_directly: self.written_directly.load(Ordering::Relaxed),
             slow_clients_kicked: self.kicked.load(Ordering::Relaxed),
@@ -373,6 +390,35 @@ impl Tally {
     }
 }
 
+/// Subscribers a thread takes at a time in a split fan-out.
+const CHUNK: usize = 32;
+
+/// One direct fan-out that the publisher and the [`Lane`] share.
+struct Split {
+    negocio_id: String,
+    subs: Arc<Vec<Entry>>,
+    frame: Arc<Outbound>,
+    /// The first subscriber no thread has taken yet.
+    next: AtomicUsize,
+}
+
+impl Split {
+    /// Takes chunks of subscribers until none is left; what they were offered.
+    fn work(&self) -> Tally {
+        let mut tally = Tally::default();
+        loop {
+            let start = self.next.fetch_add(CHUNK, Ordering::Relaxed);
+            let Some(chunk) = self.subs.get(start..(start + CHUNK).min(self.subs.len())) else {
+                return tally;
+            };
+            if chunk.is_empty() {
+                return tally;
+            }
+            tally.add(offer_all(&self.negocio_id, chunk, &self.frame, true));
+        }
+    }
+}
+
 fn offer_all(negocio_id: &str, subs: &[Entry], frame: &Arc<Outbound>, direct: bool) -> Tally {
     let mut tally = Tally::default();
     for entry in subs {
@@ -404,7 +450,7 @@ fn judge(sub: &Subscriber, offered: Offered) -> Result<Offered, ConnId> {
 
 fn remove_from(channels: &mut Channels, negocio_id: &str, id: ConnId) {
     if let Some(list) = channels.get_mut(negocio_id) {
-        list.retain(|e| e.sub.id != id);
+        Arc::make_mut(list).retain(|e| e.sub.id != id);
         if list.is_empty() {
             channels.remove(negocio_id);
         }
@@ -513,49 +559,65 @@ mod tests {
         assert_eq!(stats.slow_clients_kicked, 1);
     }
 
-    /// An outlet whose offers panic on the lane's thread, and queue elsewhere.
+    /// An outlet whose offers panic on the lane's thread and queue elsewhere, once the lane
+    /// has taken some (else the publisher could take every chunk before the lane starts).
     #[derive(Debug)]
-    struct PanicsInLane(mpsc::Sender<Arc<Outbound>>);
+    struct PanicsInLane {
+        queue: mpsc::Sender<Arc<Outbound>>,
+        lane_reached: Arc<std::sync::atomic::AtomicBool>,
+    }
 
     impl Outlet for PanicsInLane {
         fn offer(&self, frame: &Arc<Outbound>, _direct: bool) -> Offered {
-            assert_ne!(
-                std::thread::current().name(),
-                Some("citas-fanout"),
-                "test panic"
-            );
-            queue(&self.0, frame)
+            if std::thread::current().name() == Some("citas-fanout") {
+                self.lane_reached.store(true, Ordering::SeqCst);
+                panic!("test panic");
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !self.lane_reached.load(Ordering::SeqCst) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the lane took nothing"
+                );
+                std::thread::yield_now();
+            }
+            queue(&self.queue, frame)
         }
     }
 
-    /// Should the lane die during a fan-out, its half is kicked (those clients resume without a
-    /// gap), the other half is served, and later fan-outs are written by the publisher alone.
+    /// Should the lane fail during a fan-out, which frames went out is unknown: every subscriber
+    /// of that fan-out is kicked (they resume without a gap), and later fan-outs are written
+    /// by the publisher alone.
     #[test]
-    fn a_lane_that_dies_kicks_its_half_and_is_not_used_again() {
+    fn a_lane_that_fails_kicks_the_fan_out_and_is_not_used_again() {
         let hub = Hub::new();
-        let receivers: Vec<_> = (0..SPLIT_FANOUT * 3)
-            .map(|_| {
-                let (queue, rx) = mpsc::channel(4);
-                let sub = Subscriber {
-                    id: hub.next_conn_id(),
-                    outlet: Arc::new(PanicsInLane(queue)),
-                    kicked: CancellationToken::new(),
-                };
-                hub.subscribe("a", &sub, false);
-                (sub, rx)
-            })
-            .collect();
+        let lane_reached = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let subscribe = || -> Vec<(Subscriber, mpsc::Receiver<Arc<Outbound>>)> {
+            (0..SPLIT_FANOUT * 2)
+                .map(|_| {
+                    let (queue, rx) = mpsc::channel(4);
+                    let sub = Subscriber {
+                        id: hub.next_conn_id(),
+                        outlet: Arc::new(PanicsInLane {
+                            queue,
+                            lane_reached: lane_reached.clone(),
+                        }),
+                        kicked: CancellationToken::new(),
+                    };
+                    hub.subscribe("a", &sub, false);
+                    (sub, rx)
+                })
+                .collect()
+        };
+        let first = subscribe();
         hub.publish(&[event(1, "a")], LogPosition::default());
-        let half = SPLIT_FANOUT * 3 / 2;
-        assert_eq!(hub.stats().slow_clients_kicked, half as u64);
+        assert!(first.iter().all(|(sub, _)| sub.kicked.is_cancelled()));
+        assert_eq!(hub.stats().subscriptions, 0);
+        let second = subscribe();
         hub.publish(&[event(2, "a")], LogPosition::default());
-        for (i, (sub, mut rx)) in receivers.into_iter().enumerate() {
-            let seqs: Vec<i64> = std::iter::from_fn(|| rx.try_recv().ok().map(|f| f.seq)).collect();
-            if i < half {
-                assert_eq!(seqs, [1, 2]);
-            } else {
-                assert!(sub.kicked.is_cancelled() && seqs.is_empty());
-            }
+        for (sub, mut rx) in second {
+            assert!(!sub.kicked.is_cancelled());
+            assert_eq!(rx.try_recv().map(|f| f.seq).ok(), Some(2));
         }
     }
 }
