@@ -10,7 +10,10 @@
 # JSON to bench-results/vs-floor/. Scenarios: spread (10,000 clients over 1,000 negocios,
 # 1,000 events/s), low (2,000 subscribers of one negocio, 10 events/s), fanout (10,000 of one
 # negocio, 10 events/s; no floor: it is for regressions), flood (10,000 of one negocio, writes as
-# fast as they commit; no floor). SCENARIOS="spread low" runs only those.
+# fast as they commit; no floor). SCENARIOS="spread low" runs only those; two more are run only
+# when named: mid (600 subscribers of one negocio, 100 events/s: a large direct fan-out at a
+# rate one writer thread feels) and listen (10 clients over 1,000 negocios, 1,000 events/s: what
+# listening costs with next to no fan-out).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-2}
@@ -25,6 +28,8 @@ declare -A ARGS=(
   [low]="--clients 2000 --negocios 1 --rate 10 --duration 5"
   [fanout]="--clients 10000 --negocios 1 --rate 10 --duration 5"
   [flood]="--clients 10000 --negocios 1 --flood 2 --duration 5"
+  [mid]="--clients 600 --negocios 1 --rate 100 --duration 5"
+  [listen]="--clients 10 --negocios 1000 --rate 1000 --duration 5"
 )
 
 run() { # label binary scenario [extra args]
@@ -48,6 +53,6 @@ for r in $(seq 1 "$rounds"); do
   for scenario in ${SCENARIOS:-spread low fanout flood}; do
     [ -n "$before" ] && run "before-$r" "$before" "$scenario"
     run "after-$r" "$after" "$scenario"
-    case $scenario in spread|low) run "floor-$r" "$after" "$scenario" --floor ;; esac
+    case $scenario in spread|low|mid|listen) run "floor-$r" "$after" "$scenario" --floor ;; esac
   done
 done
