@@ -50,6 +50,17 @@ impl LogPosition {
     pub fn may_publish_later(&self, seq: i64) -> bool {
         seq > self.cursor || u64::try_from(seq).is_ok_and(|key| self.pending.contains(key))
     }
+
+    /// True when some seq at or below `seq` may still be published after this position was
+    /// taken: the listener has not read that far, or a transaction holding such a seq may
+    /// still commit.
+    pub fn may_publish_up_to(&self, seq: i64) -> bool {
+        self.cursor < seq
+            || self
+                .pending
+                .min()
+                .is_some_and(|min| i64::try_from(min).is_ok_and(|min| min <= seq))
+    }
 }
 
 /// Groups kept at most; beyond this the two oldest are merged.
@@ -315,6 +326,22 @@ fn ranges(seqs: &RoaringTreemap) -> Vec<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_may_publish_up_to_a_seq_it_has_not_passed_or_still_waits_for() {
+        let position = LogPosition {
+            cursor: 10,
+            pending: Arc::new([4u64, 7].into_iter().collect()),
+        };
+        assert!(position.may_publish_up_to(11));
+        assert!(position.may_publish_up_to(4) && position.may_publish_up_to(5));
+        assert!(!position.may_publish_up_to(3));
+        let passed = LogPosition {
+            cursor: 10,
+            pending: Arc::default(),
+        };
+        assert!(!passed.may_publish_up_to(10) && passed.may_publish_up_to(i64::MAX));
+    }
 
     /// Running transactions all listed in `xip` (nobody above `xmax`).
     fn running(xids: &[i64]) -> Running {

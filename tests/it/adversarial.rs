@@ -1033,3 +1033,587 @@ async fn adversarial_subscribed_comes_before_any_live_event_of_its_channel() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Split fan-outs: over `hub::SPLIT_FANOUT` (512) subscribers, the publisher and the lane both
+// write an event's frames, taking chunks of 32 subscribers from one cursor.
+// ---------------------------------------------------------------------------------------------
+
+/// The log's newest seq now (0 when empty).
+async fn newest_seq(db: &TestDb) -> i64 {
+    db.scalar("select coalesce(max(seq), 0)::int8 from citas_realtime.events")
+        .await
+}
+
+/// The next message within [`DEADLINE`] (as [`next_raw`]), failing with `who` and what it had
+/// read so far when none comes.
+async fn next_for(ws: &mut Ws, who: impl FnOnce() -> String) -> Value {
+    match tokio::time::timeout(DEADLINE, next_raw(ws)).await {
+        Ok(msg) => msg,
+        Err(_) => panic!("{}: no message within {DEADLINE:?}", who()),
+    }
+}
+
+/// A client with its own subject (the per-subject connection limit is 200), subscribed to
+/// each of `negocios`.
+async fn subject_client(addr: std::net::SocketAddr, negocios: &[&str], sub: &str) -> Ws {
+    let app = TestApp { addr, server: None };
+    let mut ws = app
+        .ws(&token(json!({"negocio_ids": negocios, "sub": sub})))
+        .await;
+    for negocio in negocios {
+        ws.subscribe(negocio).await;
+    }
+    ws
+}
+
+/// A client with its own subject that subscribes to `negocio` with `since` (and has its
+/// `subscribed`).
+async fn resume_client(addr: std::net::SocketAddr, negocio: &str, sub: &str, since: i64) -> Ws {
+    let app = TestApp { addr, server: None };
+    let mut ws = app
+        .ws(&token(json!({"negocio_id": negocio, "sub": sub})))
+        .await;
+    let channel = format!("estadisticas:{negocio}");
+    ws.send(json!({"type": "subscribe", "channel": channel, "since": since}))
+        .await;
+    let reply = ws.expect("subscribed").await;
+    assert_eq!(reply["channel"], channel);
+    ws
+}
+
+/// Reads until `want` events arrived (statistics are skipped; anything else fails, naming
+/// `who`); returns them as (negocio, seq).
+async fn read_events(ws: &mut Ws, want: usize, who: &str) -> Vec<(String, i64)> {
+    let mut got = Vec::with_capacity(want);
+    while got.len() < want {
+        let msg = next_for(ws, || {
+            format!("{who}: after {} of {want} events", got.len())
+        })
+        .await;
+        if is_event(&msg) {
+            let (_, negocio, seq) = brief(&msg);
+            got.push((negocio, seq));
+        } else if msg["type"] != "estadisticas" {
+            panic!("{who}: after {} of {want} events: {msg}", got.len());
+        }
+    }
+    got
+}
+
+/// Sends a ping and reads up to its pong: the events before it (a replay's rest, live events
+/// already on their way), as (negocio, seq).
+async fn events_until_pong(ws: &mut Ws, who: &str) -> Vec<(String, i64)> {
+    ws.send(json!({"type": "ping"})).await;
+    let mut got = Vec::new();
+    loop {
+        let msg = next_for(ws, || format!("{who}: no pong")).await;
+        if msg["type"] == "pong" {
+            return got;
+        }
+        if is_event(&msg) {
+            let (_, negocio, seq) = brief(&msg);
+            got.push((negocio, seq));
+        } else if msg["type"] != "estadisticas" {
+            panic!("{who}: before the pong: {msg}");
+        }
+    }
+}
+
+fn seqs_of(events: &[(String, i64)], negocio: &str) -> Vec<i64> {
+    events
+        .iter()
+        .filter(|(n, _)| n == negocio)
+        .map(|(_, s)| *s)
+        .collect()
+}
+
+/// The writes of [`adversarial_split_fan_out_with_paused_small_buffer_clients`], one per
+/// statement (or transaction), and how many events of `sp`, `sm` and `big` each makes.
+fn split_workload(i: usize) -> (&'static str, [usize; 3]) {
+    match i % 6 {
+        0 => ("insert into citas (negocio_id) values ('sp')", [1, 0, 0]),
+        1 => (
+            "insert into citas (negocio_id) \
+             select case when g % 3 = 0 then 'sm' else 'sp' end from generate_series(1, 9) g",
+            [6, 3, 0],
+        ),
+        2 => (
+            "update citas set estado = case estado when 'pendiente' then 'confirmada' \
+             else 'pendiente' end \
+             where id in (select id from citas where negocio_id = 'sp' order by id limit 4)",
+            [4, 0, 0],
+        ),
+        3 => (
+            "begin; insert into citas (negocio_id) values ('sp'), ('sm'); \
+             delete from citas where id = \
+               (select id from citas where negocio_id = 'sp' order by id desc limit 1); \
+             commit",
+            [2, 1, 0],
+        ),
+        4 => (
+            "begin; insert into citas (negocio_id) select 'sp' from generate_series(1, 50); \
+             rollback",
+            [0, 0, 0],
+        ),
+        // ~7 KB frames, for the few clients of `big` only: over 5 MB each, more than the
+        // kernel holds for a client that does not read.
+        _ => (
+            "insert into citas (negocio_id, cliente_id) \
+             select case when g % 20 = 0 then 'sp' else 'big' end, \
+                    case when g % 20 = 0 then null else repeat('b', 7000) end \
+             from generate_series(1, 80) g",
+            [4, 0, 76],
+        ),
+    }
+}
+
+/// 620 subscribers of one negocio, `sp` (so each of its events is a split fan-out), events
+/// committed back to back: single rows, multi-row inserts mixing other negocios, multi-row
+/// updates, multi-statement transactions, a rollback. 576 clients read as they come, 4 of them
+/// also subscribed to a second negocio `sm`. 40 have small receive buffers (2 to 64 KiB), a
+/// queue of 32, and read nothing until the writer is done (10 of them, also subscribed to
+/// `big`, whose 7 KB events fill their sockets so `sp`'s frames must go through their queues)
+/// or every reader is done (the others). Expected: every reader gets every event of each
+/// of its negocios once, in order; each paused client gets them all in order, or a 1013 close
+/// after an in-order prefix and then, resuming with `since` = the last seq it read, exactly
+/// the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_split_fan_out_with_paused_small_buffer_clients() {
+    const READERS: usize = 576;
+    const DUAL: usize = 4;
+    const PAUSED: usize = 40;
+    const STATEMENTS: usize = 60;
+    let db = TestDb::new().await;
+    db.execute("select citas_realtime.set_record_columns(array['cliente_id'])")
+        .await;
+    let config = config_with(&db.url, |a| a.client_queue_capacity = "32".into());
+    let app = spawn_app_ready(config).await;
+    let hub = app.server.as_ref().unwrap().hub.clone();
+    let addr = app.addr;
+    let [want_sp, want_sm, want_big] = (0..STATEMENTS)
+        .map(|i| split_workload(i).1)
+        .fold([0; 3], |a, b| [a[0] + b[0], a[1] + b[1], a[2] + b[2]]);
+
+    let mut readers = Vec::new();
+    for i in 0..READERS {
+        let dual = i < DUAL;
+        let negocios: &[&str] = if dual { &["sp", "sm"] } else { &["sp"] };
+        let mut ws = subject_client(addr, negocios, &format!("r{i}")).await;
+        let want = if dual { want_sp + want_sm } else { want_sp };
+        readers.push(tokio::spawn(async move {
+            read_events(&mut ws, want, &format!("reader {i}")).await
+        }));
+    }
+    // 0: writing; 1: the writer is done; 2: every reader is done too.
+    let (phase_tx, phase_rx) = tokio::sync::watch::channel(0u8);
+    let mut paused = Vec::new();
+    for i in 0..PAUSED {
+        let rcvbuf = [2048, 4096, 16384, 65536][i % 4];
+        let big = i % 4 == 0;
+        let mut ws = small_buffer_client(addr, "sp", rcvbuf).await;
+        if big {
+            // The token grants `sp` only: a second one, on the same socket, for `big`.
+            ws.send(json!({"type": "auth", "token": token(json!({"negocio_ids": ["sp", "big"]}))}))
+                .await;
+            ws.expect("authenticated").await;
+            ws.subscribe("big").await;
+        }
+        ws.subscribe("sp").await;
+        let mut phase = phase_rx.clone();
+        paused.push(tokio::spawn(async move {
+            let who = format!("paused client {i} (rcvbuf {rcvbuf}, big {big})");
+            phase
+                .wait_for(|p| *p >= if big { 1 } else { 2 })
+                .await
+                .expect("the test holds the phase");
+            let mut got = Vec::new();
+            let mut end = None;
+            let mut sp = 0;
+            while sp < want_sp {
+                let msg = next_for(&mut ws, || format!("{who}: after {} events", got.len())).await;
+                if is_event(&msg) {
+                    let (_, negocio, seq) = brief(&msg);
+                    sp += usize::from(negocio == "sp");
+                    got.push((negocio, seq));
+                } else if msg["type"].as_str().unwrap_or_default().starts_with("__") {
+                    end = Some(msg);
+                    break;
+                } else if msg["type"] != "estadisticas" {
+                    panic!("{who}: after {} events: {msg}", got.len());
+                }
+            }
+            (who, got, end)
+        }));
+    }
+    assert_eq!(
+        hub.stats().subscriptions,
+        READERS + DUAL + PAUSED + PAUSED / 4,
+        "every client subscribed before the first write"
+    );
+    let start = newest_seq(&db).await;
+    for i in 0..STATEMENTS {
+        db.client
+            .batch_execute(split_workload(i).0)
+            .await
+            .unwrap_or_else(|e| panic!("statement {i}: {e}"));
+    }
+    phase_tx.send_replace(1);
+    let logged_sp = db.logged_seqs("sp").await;
+    let logged_sm = db.logged_seqs("sm").await;
+    let logged_big = db.logged_seqs("big").await;
+    assert_eq!(
+        [logged_sp.len(), logged_sm.len(), logged_big.len()],
+        [want_sp, want_sm, want_big]
+    );
+    for (i, reader) in readers.into_iter().enumerate() {
+        let got = reader.await.expect("a reader");
+        assert_eq!(seqs_of(&got, "sp"), logged_sp, "reader {i}: sp");
+        if i < DUAL {
+            assert_eq!(seqs_of(&got, "sm"), logged_sm, "reader {i}: sm");
+        }
+    }
+    phase_tx.send_replace(2);
+
+    let mut kicked = 0;
+    for (i, task) in paused.into_iter().enumerate() {
+        let (who, got, end) = task.await.expect("a paused client");
+        let (sp, big) = (seqs_of(&got, "sp"), seqs_of(&got, "big"));
+        assert_eq!(sp, logged_sp[..sp.len()], "{who}: sp, an in-order prefix");
+        assert_eq!(
+            big,
+            logged_big[..big.len()],
+            "{who}: big, an in-order prefix"
+        );
+        let Some(end) = end else {
+            assert_eq!(sp, logged_sp, "{who}");
+            continue;
+        };
+        assert_eq!(
+            end,
+            json!({"type": "__close", "code": 1013}),
+            "{who}: ended after {} sp events",
+            sp.len()
+        );
+        kicked += 1;
+        // Resume where it stopped.
+        let since = sp.last().copied().unwrap_or(start);
+        let mut ws = resume_client(addr, "sp", &format!("p{i}"), since).await;
+        let rest = read_events(&mut ws, want_sp - sp.len(), &who).await;
+        let extra = events_until_pong(&mut ws, &who).await;
+        assert!(extra.is_empty(), "{who}: events beyond the log: {extra:?}");
+        let all: Vec<i64> = sp.iter().copied().chain(seqs_of(&rest, "sp")).collect();
+        assert_eq!(all, logged_sp, "{who}: resumed with since {since}");
+    }
+    let stats = hub.stats();
+    eprintln!("paused clients closed with 1013: {kicked} of {PAUSED}; hub: {stats:?}");
+    assert!(stats.written_directly > 0, "{stats:?}");
+}
+
+/// What a churning client expects next from the server, in the order it sent its requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Awaited {
+    Unsubscribed,
+    /// `subscribed`, for a subscribe with this `since`.
+    Subscribed(i64),
+}
+
+/// One churning client of [`adversarial_unsubscribe_races_during_split_fan_outs`]: subscribed
+/// to `ur` (a split fan-out) and `ux` (a small one), it leaves `ur` and comes back with `since`
+/// = the last `ur` seq it read, `CYCLES` times while events stream, in four ways: waiting for
+/// `unsubscribed` first; pipelining `unsubscribe` + `subscribe`; pipelining two such pairs; or
+/// staying away until two `ux` events went by. No `ur` event may come between `unsubscribed`
+/// and the next `subscribed`; `ux` never stops. Returns each `ur` subscription's since and
+/// events, and the `ux` events.
+async fn churn(
+    addr: std::net::SocketAddr,
+    i: usize,
+    start: i64,
+    want_ur: usize,
+    want_ux: usize,
+) -> (Vec<(i64, Vec<i64>)>, Vec<i64>) {
+    const CYCLES: usize = 6;
+    let who = format!("churner {i}");
+    let mut ws = subject_client(addr, &["ur", "ux"], &format!("ch{i}")).await;
+    let channel = "estadisticas:ur";
+    let mut segments: Vec<(i64, Vec<i64>)> = vec![(start, Vec::new())];
+    let mut ux = Vec::new();
+    let mut seen = HashSet::new();
+    let mut awaited = std::collections::VecDeque::new();
+    let (mut subscribed, mut last, mut cycles) = (true, start, 0);
+    // Mode 0: subscribe once `unsubscribed` came; mode 3: once two more `ux` events came.
+    let mut resubscribe_after: Option<(usize, usize)> = None;
+    loop {
+        let settled = awaited.is_empty() && subscribed && resubscribe_after.is_none();
+        if settled && seen.len() == want_ur {
+            break;
+        }
+        let segment_len = segments.last().map_or(0, |s| s.1.len());
+        if settled && cycles < CYCLES && segment_len > (i + cycles) % 5 {
+            let mode = (i + cycles) % 4;
+            cycles += 1;
+            ws.send(json!({"type": "unsubscribe", "channel": channel}))
+                .await;
+            awaited.push_back(Awaited::Unsubscribed);
+            match mode {
+                0 => resubscribe_after = Some((0, 0)),
+                1 | 2 => {
+                    for pair in 0..mode {
+                        if pair > 0 {
+                            ws.send(json!({"type": "unsubscribe", "channel": channel}))
+                                .await;
+                            awaited.push_back(Awaited::Unsubscribed);
+                        }
+                        ws.send(json!({"type": "subscribe", "channel": channel, "since": last}))
+                            .await;
+                        awaited.push_back(Awaited::Subscribed(last));
+                    }
+                }
+                _ => resubscribe_after = Some((3, ux.len() + 2)),
+            }
+        }
+        if let Some((3, at)) = resubscribe_after {
+            if !subscribed && (ux.len() >= at || ux.len() == want_ux) {
+                resubscribe_after = None;
+                ws.send(json!({"type": "subscribe", "channel": channel, "since": last}))
+                    .await;
+                awaited.push_back(Awaited::Subscribed(last));
+            }
+        }
+        let msg = next_for(&mut ws, || {
+            format!(
+                "{who}: ur {} of {want_ur} (subscribed {subscribed}, awaiting {awaited:?}), \
+                 ux {} of {want_ux}",
+                seen.len(),
+                ux.len()
+            )
+        })
+        .await;
+        match msg["type"].as_str().unwrap_or_default() {
+            "unsubscribed" => {
+                assert_eq!(msg["channel"], channel, "{who}");
+                assert_eq!(
+                    awaited.pop_front(),
+                    Some(Awaited::Unsubscribed),
+                    "{who}: {msg}"
+                );
+                subscribed = false;
+                if resubscribe_after == Some((0, 0)) {
+                    resubscribe_after = None;
+                    ws.send(json!({"type": "subscribe", "channel": channel, "since": last}))
+                        .await;
+                    awaited.push_back(Awaited::Subscribed(last));
+                }
+            }
+            "subscribed" => {
+                assert_eq!(msg["channel"], channel, "{who}");
+                let Some(Awaited::Subscribed(since)) = awaited.pop_front() else {
+                    panic!("{who}: {msg} unasked");
+                };
+                subscribed = true;
+                segments.push((since, Vec::new()));
+            }
+            "estadisticas" => {}
+            t if t.starts_with("cita_") => {
+                let (_, negocio, seq) = brief(&msg);
+                if negocio == "ux" {
+                    ux.push(seq);
+                    continue;
+                }
+                assert!(
+                    subscribed,
+                    "{who}: ur event {seq} between `unsubscribed` and `subscribed` \
+                     (last before it {last})"
+                );
+                segments.last_mut().expect("a segment").1.push(seq);
+                seen.insert(seq);
+                last = seq;
+            }
+            _ => panic!("{who}: {msg}"),
+        }
+    }
+    // Whatever else is on its way (the rest of a replay, the last ux events) comes before the
+    // pong.
+    while ux.len() < want_ux {
+        for (negocio, seq) in read_events(&mut ws, 1, &who).await {
+            if negocio == "ux" {
+                ux.push(seq);
+            } else {
+                segments.last_mut().expect("a segment").1.push(seq);
+            }
+        }
+    }
+    for (negocio, seq) in events_until_pong(&mut ws, &who).await {
+        assert_eq!(negocio, "ur", "{who}: ux event {seq} beyond the log");
+        segments.last_mut().expect("a segment").1.push(seq);
+    }
+    assert_eq!(
+        cycles, CYCLES,
+        "{who}: the stream ended before it churned enough"
+    );
+    (segments, ux)
+}
+
+/// 540 clients read `ur` (so, with 40 more, each `ur` event is a split fan-out, also when
+/// every churner is away) while 40 churners (see [`churn`]) keep leaving and rejoining it, and
+/// a writer commits `ur` and `ux` events back to back. Expected: readers get every `ur` event
+/// once, in order; a churner sees no `ur` event between `unsubscribed` and `subscribed`, and
+/// each of its subscriptions' events are exactly the log after that subscription's `since`, in
+/// order (so a resume has no gap and no duplicate); together they cover the log; every `ux`
+/// event arrives once, in order, whatever happens to `ur`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_unsubscribe_races_during_split_fan_outs() {
+    const READERS: usize = 540;
+    const CHURNERS: usize = 40;
+    const STATEMENTS: usize = 80;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let hub = app.server.as_ref().unwrap().hub.clone();
+    let addr = app.addr;
+    // Statement i: one `ux` event and 1 to 3 `ur` events.
+    let want_ux = STATEMENTS;
+    let want_ur: usize = (0..STATEMENTS).map(|i| 1 + i % 3).sum();
+    let start = newest_seq(&db).await;
+    let mut readers = Vec::new();
+    for i in 0..READERS {
+        let mut ws = subject_client(addr, &["ur"], &format!("r{i}")).await;
+        readers.push(tokio::spawn(async move {
+            read_events(&mut ws, want_ur, &format!("reader {i}")).await
+        }));
+    }
+    let mut churners = Vec::new();
+    for i in 0..CHURNERS {
+        churners.push(tokio::spawn(churn(addr, i, start, want_ur, want_ux)));
+    }
+    // Every churner subscribed before the first write.
+    let deadline = Instant::now() + DEADLINE;
+    while hub.stats().subscriptions < READERS + 2 * CHURNERS {
+        assert!(Instant::now() < deadline, "subscribed: {:?}", hub.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..STATEMENTS {
+        db.execute(&format!(
+            "insert into citas (negocio_id) \
+             select case when g = 0 then 'ux' else 'ur' end from generate_series(0, {}) g",
+            1 + i % 3
+        ))
+        .await;
+    }
+    let logged = db.logged_seqs("ur").await;
+    let logged_ux = db.logged_seqs("ux").await;
+    assert_eq!((logged.len(), logged_ux.len()), (want_ur, want_ux));
+    for (i, reader) in readers.into_iter().enumerate() {
+        let got = reader.await.expect("a reader");
+        assert_eq!(seqs_of(&got, "ur"), logged, "reader {i}");
+    }
+    let mut resumes = 0;
+    for (i, churner) in churners.into_iter().enumerate() {
+        let (segments, ux) = churner.await.expect("a churner");
+        assert_eq!(ux, logged_ux, "churner {i}: ux");
+        let mut covered = HashSet::new();
+        for (n, (since, events)) in segments.iter().enumerate() {
+            let stale: Vec<i64> = events.iter().copied().filter(|s| s <= since).collect();
+            assert!(
+                stale.is_empty(),
+                "churner {i}: subscription {n} (since {since}) got events at or below its \
+                 since: {stale:?}; it got {events:?}"
+            );
+        }
+        for (since, events) in &segments {
+            assert_contiguous(&logged, *since, events, &format!("churner {i}"));
+            covered.extend(events.iter().copied());
+        }
+        assert_eq!(covered.len(), logged.len(), "churner {i}: the whole log");
+        let (since, events) = segments.last().expect("a segment");
+        assert_eq!(
+            events.last().or(Some(since)),
+            logged.last(),
+            "churner {i}: to the end"
+        );
+        resumes += segments.len() - 1;
+    }
+    eprintln!("churners resumed {resumes} times; hub: {:?}", hub.stats());
+}
+
+/// A client resumes while the listener is behind the log (each event is a split fan-out to
+/// 560 subscribers, and a writer commits back to back): it reads a replay with one connection
+/// (`since` = before everything), then opens another and subscribes with `since` = the last seq
+/// that replay gave it. Expected, per docs/protocol.md: after `subscribed`, every event after
+/// `since`, in order, once; nothing at or below `since`. Done again and again while the writer
+/// runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_resume_ahead_of_a_lagging_split_fan_out() {
+    const READERS: usize = 560;
+    const STATEMENTS: usize = 60;
+    const ROWS: usize = 3;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let addr = app.addr;
+    let start = newest_seq(&db).await;
+    let mut readers = Vec::new();
+    for i in 0..READERS {
+        let mut ws = subject_client(addr, &["lag"], &format!("r{i}")).await;
+        readers.push(tokio::spawn(async move {
+            read_events(&mut ws, STATEMENTS * ROWS, &format!("reader {i}")).await
+        }));
+    }
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
+    let writer = tokio::spawn({
+        let url = db.url.clone();
+        async move {
+            let w = connect(&url).await;
+            for i in 0..STATEMENTS {
+                w.batch_execute(&format!(
+                    "insert into citas (negocio_id) select 'lag' from generate_series(1, {ROWS})"
+                ))
+                .await
+                .expect("insert");
+                progress_tx.send_replace(i + 1);
+            }
+        }
+    });
+    progress
+        .wait_for(|n| *n > 0)
+        .await
+        .expect("the writer runs");
+    let mut resumed = Vec::new();
+    // Back to back while the writer runs (at most 30 times).
+    for round in 1..=30 {
+        if writer.is_finished() {
+            break;
+        }
+        let who = format!("resume {round}");
+        // The first connection: a replay of everything so far.
+        let mut first = resume_client(addr, "lag", &format!("res{round}"), start).await;
+        let replayed = events_until_pong(&mut first, &who).await;
+        let since = replayed.last().expect("a replay").1;
+        drop(first);
+        // The second: resume after the last seq the first one got.
+        let ws = resume_client(addr, "lag", &format!("res{round}"), since).await;
+        resumed.push((round, since, ws));
+    }
+    writer.await.expect("the writer");
+    let logged = db.logged_seqs("lag").await;
+    assert_eq!(logged.len(), STATEMENTS * ROWS);
+    for (i, reader) in readers.into_iter().enumerate() {
+        assert_eq!(
+            seqs_of(&reader.await.expect("a reader"), "lag"),
+            logged,
+            "reader {i}"
+        );
+    }
+    for (round, since, mut ws) in resumed {
+        let who = format!("resume {round} (since {since})");
+        let want = logged.iter().filter(|s| **s > since).count();
+        let mut got = seqs_of(&read_events(&mut ws, want, &who).await, "lag");
+        got.extend(seqs_of(&events_until_pong(&mut ws, &who).await, "lag"));
+        let stale: Vec<i64> = got.iter().copied().filter(|s| *s <= since).collect();
+        assert!(
+            stale.is_empty(),
+            "{who}: {} events at or below since: {stale:?}; got {got:?}",
+            stale.len()
+        );
+        assert_contiguous(&logged, since, &got, &who);
+        assert_eq!(got.len(), want, "{who}");
+    }
+}

@@ -102,10 +102,18 @@ async fn a_since_the_log_cannot_serve_gets_resync() {
     insert(&db, "rs", 5).await;
     let logged: Vec<i64> = db.logged_seqs("rs").await;
 
-    // Newer than anything the log holds (another database, or a reset one).
-    let mut ws = app.ws(&token(json!({"negocio_id": "rs"}))).await;
-    resume(&mut ws, "rs", logged[4] + 1000).await;
-    assert_eq!(ws.expect("resync").await["channel"], "estadisticas:rs");
+    // Newer than anything the log holds (another database, or a reset one), up to the
+    // largest seq there is: resync, and then every live event, though each is below `since`.
+    let mut ahead = app.ws(&token(json!({"negocio_id": "rs"}))).await;
+    resume(&mut ahead, "rs", logged[4] + 1000).await;
+    assert_eq!(ahead.expect("resync").await["channel"], "estadisticas:rs");
+    let mut far_ahead = app.ws(&token(json!({"negocio_id": "rs"}))).await;
+    resume(&mut far_ahead, "rs", i64::MAX).await;
+    far_ahead.expect("resync").await;
+    insert(&db, "rs", 2).await;
+    let live = db.logged_seqs("rs").await[5..].to_vec();
+    assert_eq!(seqs(&ahead.events(2).await), live);
+    assert_eq!(seqs(&far_ahead.events(2).await), live);
 
     // Older than what retention kept.
     db.execute(
@@ -125,7 +133,8 @@ async fn a_since_the_log_cannot_serve_gets_resync() {
     // A since at or after the pruned point still replays exactly.
     let mut ws = app.ws(&token(json!({"negocio_id": "rs"}))).await;
     resume(&mut ws, "rs", logged[2]).await;
-    assert_eq!(seqs(&ws.events(2).await), logged[3..].to_vec());
+    let after_pruned_point: Vec<i64> = logged[3..].iter().chain(&live).copied().collect();
+    assert_eq!(seqs(&ws.events(4).await), after_pruned_point);
 }
 
 #[tokio::test]

@@ -38,16 +38,16 @@ pub(crate) async fn replay<S: Io>(
         let read = read_page(&session.ctx.store, negocio, after, first_page, limit).await;
         let page = match read {
             Ok(Some(page)) => page,
-            Ok(None) => return session.reply(frames::resync(channel)).await,
+            Ok(None) => return resync(session, channel, negocio).await,
             Err(error) => {
                 tracing::warn!(conn = session.me.id, negocio, %error, "cannot replay; telling the client to resync");
-                return session.reply(frames::resync(channel)).await;
+                return resync(session, channel, negocio).await;
             }
         };
         first_page = false;
         if !session.charge_replay(page.rows) {
             tracing::debug!(conn = session.me.id, negocio, "replay budget spent: resync");
-            return session.reply(frames::resync(channel)).await;
+            return resync(session, channel, negocio).await;
         }
         after = page.last_seq.unwrap_or(after);
         let flow = send_page(session, negocio, &page, position).await;
@@ -55,6 +55,13 @@ pub(crate) async fn replay<S: Io>(
             return flow;
         }
     }
+}
+
+/// Tells the client to reload: from here on it gets every live event, whatever its `since` was
+/// (which may be far beyond the log, or the replay stopped short of it).
+async fn resync<S: Io>(session: &mut Session<S>, channel: &str, negocio: &str) -> Flow {
+    session.floors.remove(negocio);
+    session.reply(frames::resync(channel)).await
 }
 
 /// Never more frames held than the queue could take, nor more than the budget could ever pay

@@ -32,6 +32,11 @@ pub(super) async fn subscribe<S: Io>(
         return flow;
     }
     if let Some(since) = since {
+        // The listener may be behind the log the replay reads: what it publishes later at or
+        // below `since`, the client already has.
+        if position.may_publish_up_to(since) {
+            session.floors.insert(negocio.clone(), since);
+        }
         let flow = replay(session, channel, &negocio, since, &position).await;
         if !flow.is_continue() {
             return flow;
