@@ -1617,3 +1617,801 @@ async fn adversarial_resume_ahead_of_a_lagging_split_fan_out() {
         assert_eq!(got.len(), want, "{who}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Abrupt disconnects during split fan-outs, and resumes (`since`) whose floor is attacked.
+// ---------------------------------------------------------------------------------------------
+
+/// A client of `negocio` with its own subject on a socket of its own making: a small receive
+/// buffer when `rcvbuf` is given, and SO_LINGER 0 (its drop resets the connection) when
+/// `reset`; subscribed.
+async fn raw_client(
+    addr: std::net::SocketAddr,
+    negocio: &str,
+    sub: &str,
+    rcvbuf: Option<u32>,
+    reset: bool,
+) -> Ws {
+    let socket = TcpSocket::new_v4().expect("a socket");
+    if let Some(rcvbuf) = rcvbuf {
+        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+    }
+    if reset {
+        #[allow(deprecated)]
+        socket.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+    }
+    let stream = socket.connect(addr).await.expect("connect");
+    let url = format!(
+        "ws://{addr}/ws?token={}",
+        token(json!({"negocio_id": negocio, "sub": sub}))
+    );
+    let (socket, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .expect("websocket handshake");
+    let mut ws = Ws::new(socket);
+    ws.subscribe(negocio).await;
+    ws
+}
+
+/// Polls `/metrics` of the server at `addr` until `name` is `want`, failing after DEADLINE.
+async fn wait_metric(addr: std::net::SocketAddr, name: &str, want: f64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let value = crate::helpers::metric_at(addr, name).await;
+        if value == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {value}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The in-process server's hub counters: (frames delivered, of them written directly,
+/// subscriptions).
+fn hub_counters(app: &TestApp) -> (u64, u64, usize) {
+    let stats = app.server.as_ref().expect("a server").hub.stats();
+    (stats.delivered, stats.written_directly, stats.subscriptions)
+}
+
+/// Waits until the hub has delivered at least `want` more frames than `before` (the counter
+/// moves just after the clients may already hold them); the hub's counters then.
+async fn hub_delivered(app: &TestApp, before: (u64, u64, usize), want: u64) -> (u64, u64, usize) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let now = hub_counters(app);
+        if now.0 >= before.0 + want {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "delivered {} of {want}: {now:?}",
+            now.0 - before.0
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// 640 subscribers of `ab` (each event a split fan-out), 90 statements committed back to back.
+/// 300 of them leave abruptly mid-stream, each after reading 1 to 40 events: a plain drop
+/// with unread data (RST), a drop with SO_LINGER 0 (RST), a half-close (shutdown of the write
+/// half) that keeps reading until the server ends, or a 4 KiB receive buffer that stops reading
+/// (its frames go through its queue) and vanishes two thirds into the stream. Expected: the 340
+/// others get every event once, in order; whatever a leaver got is an in-order prefix of the
+/// log; the server logs no panic; `citas_realtime_connections` and
+/// `citas_realtime_subscriptions` come back to exactly 340; the next events are delivered to
+/// exactly those 340 (no ghost subscriber offered a frame), almost all written directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_abrupt_disconnects_mid_split_fan_out_release_everything() {
+    const STAYERS: usize = 340;
+    const LEAVERS: usize = 300;
+    const STATEMENTS: usize = 90;
+    const AFTER: usize = 3;
+    let db = TestDb::new().await;
+    let server = BinaryServer::start(&db.url, &[]).await;
+    let addr = server.addr;
+    let start = newest_seq(&db).await;
+    let want: usize = (0..STATEMENTS).map(|i| 1 + i % 3).sum();
+
+    let mut stayers = Vec::new();
+    for i in 0..STAYERS {
+        let mut ws = subject_client(addr, &["ab"], &format!("s{i}")).await;
+        stayers.push(tokio::spawn(async move {
+            let got = read_events(&mut ws, want, &format!("stayer {i}")).await;
+            (seqs_of(&got, "ab"), ws)
+        }));
+    }
+    let (progress_tx, progress_rx) = tokio::sync::watch::channel(0usize);
+    let mut leavers = Vec::new();
+    for i in 0..LEAVERS {
+        let kind = i % 4;
+        let rcvbuf = (kind == 3).then_some(4096);
+        let mut ws = raw_client(addr, "ab", &format!("l{i}"), rcvbuf, kind == 1).await;
+        let mut progress = progress_rx.clone();
+        leavers.push(tokio::spawn(async move {
+            let who = format!("leaver {i} (kind {kind})");
+            let after = 1 + (i * 7) % 40;
+            let mut got = seqs_of(&read_events(&mut ws, after, &who).await, "ab");
+            match kind {
+                // Gone, with frames unread in the socket (the kernel resets the connection).
+                0 | 1 => drop(ws),
+                // No more data from this side: the server ends the connection; until then
+                // what arrives is read.
+                2 => {
+                    if let tokio_tungstenite::MaybeTlsStream::Plain(s) = ws.socket.get_mut() {
+                        s.shutdown().await.expect("shutdown the write half");
+                    }
+                    loop {
+                        let msg = next_for(&mut ws, || format!("{who}: not closed")).await;
+                        if is_event(&msg) {
+                            got.push(brief(&msg).2);
+                        } else if msg["type"].as_str().unwrap_or_default().starts_with("__") {
+                            break;
+                        } else {
+                            assert_eq!(msg["type"], "estadisticas", "{who}: {msg}");
+                        }
+                    }
+                }
+                // Stops reading: the socket fills, frames wait in its queue; then it vanishes.
+                _ => {
+                    progress
+                        .wait_for(|n| *n >= STATEMENTS * 2 / 3)
+                        .await
+                        .expect("the writer reports");
+                    drop(ws);
+                }
+            }
+            (who, got)
+        }));
+    }
+    let total = (STAYERS + LEAVERS) as f64;
+    wait_metric(addr, "citas_realtime_subscriptions", total).await;
+    wait_metric(addr, "citas_realtime_connections", total).await;
+
+    let writer = tokio::spawn({
+        let url = db.url.clone();
+        async move {
+            let w = connect(&url).await;
+            for i in 0..STATEMENTS {
+                w.batch_execute(&format!(
+                    "insert into citas (negocio_id) select 'ab' from generate_series(1, {})",
+                    1 + i % 3
+                ))
+                .await
+                .expect("insert");
+                progress_tx.send_replace(i + 1);
+            }
+        }
+    });
+    writer.await.expect("the writer");
+    let logged = db.logged_seqs("ab").await;
+    assert_eq!(logged.len(), want);
+    assert!(logged[0] > start);
+    let mut kept = Vec::new();
+    for (i, stayer) in stayers.into_iter().enumerate() {
+        let (got, ws) = stayer.await.expect("a stayer");
+        assert_eq!(got, logged, "stayer {i}");
+        kept.push(ws);
+    }
+    let mut read_by_leavers = [0usize; 4];
+    for (i, leaver) in leavers.into_iter().enumerate() {
+        let (who, got) = leaver.await.expect("a leaver");
+        assert_eq!(got, logged[..got.len()], "{who}: an in-order prefix");
+        read_by_leavers[i % 4] += got.len();
+    }
+    eprintln!("events read by the leavers, by kind: {read_by_leavers:?} (of {want} each)");
+
+    // Everything the leavers held is released.
+    wait_metric(addr, "citas_realtime_connections", STAYERS as f64).await;
+    wait_metric(addr, "citas_realtime_subscriptions", STAYERS as f64).await;
+
+    // The next events reach exactly the survivors, straight to their sockets.
+    let delivered = crate::helpers::metric_at(addr, "citas_realtime_events_delivered_total").await;
+    let direct =
+        crate::helpers::metric_at(addr, "citas_realtime_frames_written_directly_total").await;
+    let readers: Vec<_> = kept
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            tokio::spawn(async move {
+                seqs_of(
+                    &read_events(&mut ws, AFTER, &format!("stayer {i}, after")).await,
+                    "ab",
+                )
+            })
+        })
+        .collect();
+    for _ in 0..AFTER {
+        db.execute("insert into citas (negocio_id) values ('ab')")
+            .await;
+    }
+    let logged = db.logged_seqs("ab").await;
+    for (i, reader) in readers.into_iter().enumerate() {
+        let got = reader.await.expect("a stayer");
+        assert_eq!(got, logged[logged.len() - AFTER..], "stayer {i}, after");
+    }
+    let want_delivered = delivered + (STAYERS * AFTER) as f64;
+    let deadline = Instant::now() + DEADLINE;
+    let mut now = delivered;
+    while now < want_delivered && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = crate::helpers::metric_at(addr, "citas_realtime_events_delivered_total").await;
+    }
+    assert_eq!(
+        now - delivered,
+        (STAYERS * AFTER) as f64,
+        "frames offered for the last {AFTER} events: only the survivors'"
+    );
+    let direct = crate::helpers::metric_at(addr, "citas_realtime_frames_written_directly_total")
+        .await
+        - direct;
+    assert!(
+        direct >= (STAYERS * AFTER * 9 / 10) as f64,
+        "only {direct} of {} frames written directly",
+        STAYERS * AFTER
+    );
+    let logs = server.logs();
+    assert!(!logs.contains("panic"), "the server panicked:\n{logs}");
+}
+
+/// The next message of `ws` that is not a statistics snapshot, as [`next_for`].
+async fn next_message(ws: &mut Ws, who: &str) -> Value {
+    loop {
+        let msg = next_for(ws, || format!("{who}: no message")).await;
+        if msg["type"] != "estadisticas" {
+            return msg;
+        }
+    }
+}
+
+/// Sends `subscribe` with `since` (any JSON value) on `ws`; the reply.
+async fn subscribe_since(ws: &mut Ws, negocio: &str, since: Value) -> Value {
+    let channel = format!("estadisticas:{negocio}");
+    ws.send(json!({"type": "subscribe", "channel": channel, "since": since, "stats": false}))
+        .await;
+    next_message(ws, &format!("subscribe {negocio} since {since}")).await
+}
+
+/// One connection resumes with hostile `since` values. A negative one, one beyond i64, a float,
+/// a string, an array: `bad_request`, no subscription (a later event of that negocio does not
+/// come), the connection lives. `i64::MAX`, and a since a few seqs ahead of the log: `resync`
+/// right after `subscribed`, then every live event, including those whose seq is at or below
+/// that since (the resync lifted the floor). 0: the whole log of the negocio, then live. After
+/// all of it the connection's events are written straight to its socket again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_hostile_since_values_are_refused_or_resynced_then_live() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    db.execute(
+        "insert into citas (negocio_id) \
+         select n from unnest(array['hx', 'hy', 'hz']) n, generate_series(1, 5)",
+    )
+    .await;
+    let mut ws = app
+        .ws(&token(
+            json!({"negocio_ids": ["hx", "hy", "hz", "hn"], "sub": "hostile"}),
+        ))
+        .await;
+    let refused = [
+        json!(-1),
+        json!(i64::MIN),
+        json!(9_223_372_036_854_775_808u64),
+        json!(1.5),
+        json!(1e300),
+        json!("5"),
+        json!([1]),
+        json!({"seq": 1}),
+    ];
+    for since in refused {
+        let reply = subscribe_since(&mut ws, "hn", since.clone()).await;
+        assert_eq!(
+            (reply["type"].as_str(), reply["code"].as_str()),
+            (Some("error"), Some("bad_request")),
+            "since {since}: {reply}"
+        );
+    }
+    assert_eq!(hub_counters(&app).2, 0, "a refused since subscribed");
+
+    // Far beyond the log.
+    let reply = subscribe_since(&mut ws, "hx", json!(i64::MAX)).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let reply = next_message(&mut ws, "hx since i64::MAX").await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["channel"].as_str()),
+        (Some("resync"), Some("estadisticas:hx")),
+        "{reply}"
+    );
+    db.execute("insert into citas (negocio_id) select 'hx' from generate_series(1, 3)")
+        .await;
+    let logged_hx = db.logged_seqs("hx").await;
+    let got = read_events(&mut ws, 3, "hx after resync").await;
+    assert_eq!(seqs_of(&got, "hx"), logged_hx[5..], "hx after resync");
+
+    // Just ahead of the log: the next events have seqs at and below since, and must come.
+    let since = newest_seq(&db).await + 3;
+    let reply = subscribe_since(&mut ws, "hy", json!(since)).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let reply = next_message(&mut ws, "hy since newest + 3").await;
+    assert_eq!(reply["type"], "resync", "hy since {since}: {reply}");
+    db.execute("insert into citas (negocio_id) select 'hy' from generate_series(1, 6)")
+        .await;
+    let logged_hy = db.logged_seqs("hy").await;
+    assert!(logged_hy[5] <= since, "events at or below since follow");
+    let got = read_events(&mut ws, 6, &format!("hy after resync (since {since})")).await;
+    assert_eq!(seqs_of(&got, "hy"), logged_hy[5..], "hy since {since}");
+
+    // Zero: everything.
+    let reply = subscribe_since(&mut ws, "hz", json!(0)).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let got = read_events(&mut ws, 5, "hz since 0").await;
+    assert_eq!(
+        seqs_of(&got, "hz"),
+        db.logged_seqs("hz").await,
+        "hz since 0"
+    );
+    assert!(events_until_pong(&mut ws, "hz since 0").await.is_empty());
+
+    // No subscription was left by the refusals: an `hn` event does not come.
+    assert_eq!(hub_counters(&app).2, 3);
+    db.execute("insert into citas (negocio_id) values ('hn'), ('hz')")
+        .await;
+    let got = read_events(&mut ws, 1, "hz after hn").await;
+    assert_eq!(got[0].0, "hz", "{got:?}");
+    assert!(events_until_pong(&mut ws, "after hn").await.is_empty());
+
+    // Back on the direct path: of the next events, at most the first goes through the queue.
+    let before = hub_counters(&app);
+    for i in 0..5 {
+        db.execute("insert into citas (negocio_id) values ('hx')")
+            .await;
+        read_events(&mut ws, 1, &format!("hx direct {i}")).await;
+    }
+    let after = hub_delivered(&app, before, 5).await;
+    assert!(
+        after.1 - before.1 >= 4,
+        "written directly: {} of 5",
+        after.1 - before.1
+    );
+}
+
+/// A transaction inserts 10 `ot` rows (their seqs drawn, uncommitted) and stays open while 5
+/// more commit. Clients resume with `since` below the open range, inside it, and above it
+/// (among the committed rows). Expected: each replay is the committed rows after its since;
+/// when the transaction commits, its rows reach a subscription only above its since (all of
+/// them, none of them, the upper half), once, followed by the next event; from then on the
+/// connections' events are written directly again (no floor left behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_since_inside_an_open_transactions_range() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let addr = app.addr;
+    let mut reader = subject_client(addr, &["ot"], "reader").await;
+    let long = connect(&db.url).await;
+    long.batch_execute(
+        "begin; insert into citas (negocio_id) select 'ot' from generate_series(1, 10)",
+    )
+    .await
+    .expect("the long transaction");
+    let open: Vec<i64> = long
+        .query(
+            "select seq from citas_realtime.events where negocio_id = 'ot' order by seq",
+            &[],
+        )
+        .await
+        .expect("its own rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(open.len(), 10);
+    db.execute("insert into citas (negocio_id) select 'ot' from generate_series(1, 5)")
+        .await;
+    let committed = db.logged_seqs("ot").await;
+    assert_eq!(committed.len(), 5);
+    assert!(committed[0] > open[9]);
+    assert_eq!(
+        seqs_of(&read_events(&mut reader, 5, "reader").await, "ot"),
+        committed
+    );
+
+    let sinces = [open[0] - 1, open[4], committed[1]];
+    let mut resumed = Vec::new();
+    for (n, since) in sinces.into_iter().enumerate() {
+        let who = format!("resume {n} (since {since})");
+        let mut ws = resume_client(addr, "ot", &format!("res{n}"), since).await;
+        let want: Vec<i64> = committed.iter().copied().filter(|s| *s > since).collect();
+        let mut got = seqs_of(&read_events(&mut ws, want.len(), &who).await, "ot");
+        got.extend(seqs_of(&events_until_pong(&mut ws, &who).await, "ot"));
+        assert_eq!(got, want, "{who}: the replay");
+        resumed.push((who, since, ws));
+    }
+
+    long.batch_execute("commit").await.expect("commit");
+    db.execute("insert into citas (negocio_id) values ('ot')")
+        .await;
+    let marker = *db.logged_seqs("ot").await.last().expect("the marker");
+    let mut after_commit = open.clone();
+    after_commit.push(marker);
+    assert_eq!(
+        seqs_of(&read_events(&mut reader, 11, "reader").await, "ot"),
+        after_commit
+    );
+    for (who, since, ws) in &mut resumed {
+        let want: Vec<i64> = after_commit
+            .iter()
+            .copied()
+            .filter(|s| *s > *since)
+            .collect();
+        let mut got = seqs_of(&read_events(ws, want.len(), who).await, "ot");
+        got.extend(seqs_of(&events_until_pong(ws, who).await, "ot"));
+        assert_eq!(got, want, "{who}: after the long transaction committed");
+    }
+
+    // No floor is left: the next events go straight to the four sockets.
+    let before = hub_counters(&app);
+    for i in 0..4 {
+        db.execute("insert into citas (negocio_id) values ('ot')")
+            .await;
+        let want = *db.logged_seqs("ot").await.last().expect("an event");
+        let who = format!("direct {i}");
+        assert_eq!(read_events(&mut reader, 1, &who).await[0].1, want);
+        for (who, _, ws) in &mut resumed {
+            assert_eq!(read_events(ws, 1, who).await[0].1, want, "{who}");
+        }
+    }
+    let after = hub_delivered(&app, before, 16).await;
+    assert!(
+        after.1 - before.1 >= 12,
+        "written directly: {} of 16",
+        after.1 - before.1
+    );
+}
+
+/// `since` at seqs burned by rollbacks: one inside a transaction still open when the client
+/// resumes (it rolls back later, and no NOTIFY says so), one of a transaction rolled back
+/// before. Expected: each replay is the committed rows after its since; every later event
+/// arrives once, in order; and the connections get back to direct writes within a few events
+/// (the floor does not hold them on the queued path for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_since_at_rolled_back_seqs_then_back_to_direct_writes() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    let addr = app.addr;
+    let mut reader = subject_client(addr, &["rb"], "reader").await;
+    let long = connect(&db.url).await;
+    long.batch_execute(
+        "begin; insert into citas (negocio_id) select 'rb' from generate_series(1, 10)",
+    )
+    .await
+    .expect("the long transaction");
+    let open: i64 = long
+        .query_one(
+            "select min(seq) from citas_realtime.events where negocio_id = 'rb'",
+            &[],
+        )
+        .await
+        .expect("its own rows")
+        .get(0);
+    db.execute("insert into citas (negocio_id) select 'rb' from generate_series(1, 3)")
+        .await;
+    let mut logged = db.logged_seqs("rb").await;
+    assert_eq!(
+        seqs_of(&read_events(&mut reader, 3, "reader").await, "rb"),
+        logged
+    );
+    let inside = open + 5;
+    let mut first = resume_client(addr, "rb", "first", inside).await;
+    assert_eq!(
+        seqs_of(&read_events(&mut first, 3, "first").await, "rb"),
+        logged
+    );
+    long.batch_execute("rollback").await.expect("rollback");
+
+    // Seqs burned by a rollback that already happened.
+    db.client
+        .batch_execute(
+            "begin; insert into citas (negocio_id) select 'rb' from generate_series(1, 5); \
+             rollback",
+        )
+        .await
+        .expect("a rolled-back insert");
+    let before_rollback = newest_seq(&db).await;
+    db.execute("insert into citas (negocio_id) select 'rb' from generate_series(1, 2)")
+        .await;
+    logged = db.logged_seqs("rb").await;
+    let two = &logged[3..];
+    // Strictly between the last committed seq and the next: one the rollback burned.
+    let burned = (before_rollback + two[0]) / 2;
+    assert!(
+        before_rollback < burned && burned < two[0],
+        "a burned seq: {burned}, between {before_rollback} and {two:?}"
+    );
+    for (who, ws) in [("reader", &mut reader), ("first", &mut first)] {
+        assert_eq!(seqs_of(&read_events(ws, 2, who).await, "rb"), two, "{who}");
+    }
+    let mut second = resume_client(addr, "rb", "second", burned).await;
+    assert_eq!(
+        seqs_of(&read_events(&mut second, 2, "second").await, "rb"),
+        two
+    );
+    assert!(events_until_pong(&mut second, "second").await.is_empty());
+
+    // One event at a time, until all three sockets were written directly.
+    let mut clients = [("reader", reader), ("first", first), ("second", second)];
+    for i in 0.. {
+        assert!(i < 20, "still on the queued path after {i} events");
+        let before = hub_counters(&app);
+        db.execute("insert into citas (negocio_id) values ('rb')")
+            .await;
+        let want = *db.logged_seqs("rb").await.last().expect("an event");
+        for (who, ws) in &mut clients {
+            assert_eq!(read_events(ws, 1, who).await[0].1, want, "{who}: event {i}");
+        }
+        let after = hub_delivered(&app, before, 3).await;
+        if after.1 - before.1 == 3 {
+            eprintln!("all three written directly from event {i} on");
+            break;
+        }
+    }
+    for (who, ws) in &mut clients {
+        assert!(events_until_pong(ws, who).await.is_empty(), "{who}");
+    }
+}
+
+/// One subscription of [`adversarial_since_cycles_across_many_negocios_on_one_connection`].
+#[derive(Debug)]
+struct Segment {
+    negocio: String,
+    since: i64,
+    /// The log's newest seq before the subscribe was sent: every event of the negocio after
+    /// `since` up to it must be in the replay.
+    newest: i64,
+    resync: bool,
+    events: Vec<i64>,
+}
+
+/// One connection, 30 negocios, while a writer commits single events to them back to back:
+/// four rounds of pipelined `subscribe` with `since` + `unsubscribe` for every negocio, with
+/// the since the client last saw, 0, far beyond the log, `i64::MAX`, or the middle of the log
+/// (another negocio's seq). Expected per subscription: `subscribed`, then `resync` first when
+/// (and only when) the since was beyond the log, else the log after the since, contiguous and
+/// complete up to where the log was when the subscribe was sent; nothing after `unsubscribed`.
+/// A transaction of another negocio, open through the first two rounds, holds a seq below
+/// every since (so those subscriptions keep floors). Then every negocio resumes with its last
+/// seq: exactly the rest of the log, each once, and the connection's next events are written
+/// directly (no floor or replay left behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_since_cycles_across_many_negocios_on_one_connection() {
+    const NEGOCIOS: usize = 30;
+    const ROUNDS: usize = 4;
+    const WRITES: usize = 300;
+    let db = TestDb::new().await;
+    let config = config_with(&db.url, |a| a.client_message_burst = "10000".into());
+    let app = spawn_app_ready(config).await;
+    let names: Vec<String> = (0..NEGOCIOS).map(|n| format!("cy{n}")).collect();
+    db.execute(&format!(
+        "insert into citas (negocio_id) \
+         select 'cy' || n from generate_series(0, {}) n, generate_series(1, 3)",
+        NEGOCIOS - 1
+    ))
+    .await;
+    let mut ws = app
+        .ws(&token(json!({"negocio_ids": names, "sub": "cycler"})))
+        .await;
+    // A seq of another negocio held by an open transaction, below every since of the first
+    // rounds: their subscriptions keep floors until it commits (in round 2).
+    let long = connect(&db.url).await;
+    long.batch_execute("begin; insert into citas (negocio_id) values ('cyx')")
+        .await
+        .expect("the long transaction");
+    let (progress_tx, progress) = tokio::sync::watch::channel(0usize);
+    let writer = tokio::spawn({
+        let url = db.url.clone();
+        async move {
+            let w = connect(&url).await;
+            for i in 0..WRITES {
+                w.batch_execute(&format!(
+                    "insert into citas (negocio_id) values ('cy{}')",
+                    (i * 7) % NEGOCIOS
+                ))
+                .await
+                .expect("insert");
+                progress_tx.send_replace(i + 1);
+            }
+        }
+    });
+    let negocio_of = |msg: &Value| -> String {
+        msg["channel"]
+            .as_str()
+            .and_then(|c| c.strip_prefix("estadisticas:"))
+            .unwrap_or_else(|| panic!("no channel: {msg}"))
+            .to_string()
+    };
+    let mut last_seen: std::collections::HashMap<String, i64> =
+        names.iter().map(|n| (n.clone(), 0)).collect();
+    let mut segments: Vec<Segment> = Vec::new();
+    // The subscription each negocio has (an index into `segments`).
+    let mut open: std::collections::HashMap<String, usize> = Default::default();
+    for round in 0..=ROUNDS {
+        // Each round while the writer is still writing; events pile up unread meanwhile.
+        let mut progress = progress.clone();
+        progress
+            .wait_for(|n| *n >= round * WRITES / (ROUNDS + 2))
+            .await
+            .expect("the writer reports");
+        if round == 2 {
+            long.batch_execute("commit").await.expect("commit");
+        }
+        let newest = newest_seq(&db).await;
+        let mut sent = std::collections::HashMap::new();
+        let mut awaited = 0;
+        for (n, name) in names.iter().enumerate() {
+            let channel = format!("estadisticas:{name}");
+            if round > 0 {
+                ws.send(json!({"type": "unsubscribe", "channel": channel}))
+                    .await;
+                awaited += 1;
+            }
+            if round == ROUNDS {
+                continue;
+            }
+            let since = match (n + round) % 5 {
+                0 => last_seen[name],
+                1 => 0,
+                2 => newest + 100_000,
+                3 => i64::MAX,
+                _ => newest / 2,
+            };
+            sent.insert(name.clone(), since);
+            ws.send(
+                json!({"type": "subscribe", "channel": channel, "since": since, "stats": false}),
+            )
+            .await;
+            awaited += 1;
+        }
+        while awaited > 0 {
+            let who = format!("round {round}");
+            let msg = next_message(&mut ws, &who).await;
+            let kind = msg["type"].as_str().unwrap_or_default();
+            if is_event(&msg) {
+                let (_, negocio, seq) = brief(&msg);
+                let Some(&at) = open.get(&negocio) else {
+                    panic!("{who}: event {seq} of {negocio}, not subscribed to it");
+                };
+                segments[at].events.push(seq);
+                last_seen.insert(negocio, seq);
+                continue;
+            }
+            let negocio = negocio_of(&msg);
+            match kind {
+                "subscribed" => {
+                    let since = sent
+                        .remove(&negocio)
+                        .unwrap_or_else(|| panic!("{who}: {msg} unasked; segments {segments:?}"));
+                    assert!(!open.contains_key(&negocio), "{who}: {msg} twice");
+                    open.insert(negocio.clone(), segments.len());
+                    segments.push(Segment {
+                        negocio,
+                        since,
+                        newest,
+                        resync: false,
+                        events: Vec::new(),
+                    });
+                }
+                "resync" => {
+                    let at = *open.get(&negocio).expect("resync of a subscription");
+                    assert!(
+                        segments[at].events.is_empty() && !segments[at].resync,
+                        "{who}: {msg} after {:?}",
+                        segments[at]
+                    );
+                    segments[at].resync = true;
+                    // Not a reply of its own.
+                    continue;
+                }
+                "unsubscribed" => {
+                    open.remove(&negocio)
+                        .unwrap_or_else(|| panic!("{who}: {msg} before subscribed"));
+                }
+                _ => panic!("{who}: {msg}"),
+            }
+            awaited -= 1;
+        }
+    }
+    assert!(open.is_empty());
+    assert!(events_until_pong(&mut ws, "after the rounds")
+        .await
+        .is_empty());
+    writer.await.expect("the writer");
+
+    // Resume everything where it was left.
+    let mut finals = Vec::new();
+    for name in &names {
+        let since = last_seen[name];
+        let channel = format!("estadisticas:{name}");
+        ws.send(json!({"type": "subscribe", "channel": channel, "since": since, "stats": false}))
+            .await;
+        finals.push((name.clone(), since));
+    }
+    let mut rest = Vec::new();
+    let mut subscribed = HashSet::new();
+    while subscribed.len() < NEGOCIOS {
+        let msg = next_message(&mut ws, "final resumes").await;
+        if is_event(&msg) {
+            let (_, negocio, seq) = brief(&msg);
+            assert!(
+                subscribed.contains(&negocio),
+                "{negocio} {seq} before subscribed"
+            );
+            rest.push((negocio, seq));
+        } else {
+            assert_eq!(msg["type"], "subscribed", "final resumes: {msg}");
+            assert!(subscribed.insert(negocio_of(&msg)), "{msg} twice");
+        }
+    }
+    rest.extend(events_until_pong(&mut ws, "final resumes").await);
+    for i in 0..NEGOCIOS {
+        db.execute(&format!(
+            "insert into citas (negocio_id) values ('cy{}')",
+            (i * 11) % NEGOCIOS
+        ))
+        .await;
+    }
+    rest.extend(read_events(&mut ws, NEGOCIOS, "final live").await);
+    rest.extend(events_until_pong(&mut ws, "final live").await);
+
+    let mut logs = std::collections::HashMap::new();
+    for name in &names {
+        logs.insert(name.clone(), db.logged_seqs(name).await);
+    }
+    let mut resyncs = 0;
+    for (n, seg) in segments.iter().enumerate() {
+        let logged = &logs[&seg.negocio];
+        let what = format!("subscription {n}: {seg:?}");
+        let beyond = seg.since > seg.newest;
+        assert_eq!(
+            seg.resync, beyond,
+            "{what}: resync iff since beyond the log"
+        );
+        if seg.resync {
+            resyncs += 1;
+            if let Some(first) = seg.events.first() {
+                assert_contiguous(logged, first - 1, &seg.events, &what);
+            }
+        } else {
+            assert_contiguous(logged, seg.since, &seg.events, &what);
+            let due = logged
+                .iter()
+                .filter(|s| **s > seg.since && **s <= seg.newest)
+                .count();
+            assert!(seg.events.len() >= due, "{what}: {due} due");
+        }
+    }
+    for (name, since) in &finals {
+        let got = seqs_of(&rest, name);
+        let want: Vec<i64> = logs[name].iter().copied().filter(|s| s > since).collect();
+        assert_eq!(got, want, "final resume of {name} since {since}");
+    }
+    eprintln!(
+        "{} subscriptions, {resyncs} resynced; hub {:?}",
+        segments.len(),
+        hub_counters(&app)
+    );
+
+    // Nothing holds the connection on the queued path any more.
+    let before = hub_counters(&app);
+    assert_eq!(before.2, NEGOCIOS);
+    for i in 0..5 {
+        db.execute("insert into citas (negocio_id) values ('cy0')")
+            .await;
+        read_events(&mut ws, 1, &format!("direct {i}")).await;
+    }
+    let after = hub_delivered(&app, before, 5).await;
+    assert!(
+        after.1 - before.1 >= 4,
+        "written directly: {} of 5",
+        after.1 - before.1
+    );
+}
