@@ -375,6 +375,7 @@ struct Tally {
 impl Tally {
     fn count(&mut self, negocio_id: &str, offered: Result<Offered, ConnId>) {
         match offered {
+            Ok(Offered::Skipped) => {}
             Ok(offered) => {
                 self.delivered += 1;
                 self.direct += u64::from(offered == Offered::Written);

@@ -24,6 +24,9 @@ pub enum Offered {
     Full,
     /// The connection is closing; it removes itself from the hub.
     Closed,
+    /// Not for this connection: an event at or below the `since` its subscription resumed
+    /// from (the client has it already).
+    Skipped,
 }
 
 /// One connection, as the hub sees it.

@@ -1963,18 +1963,59 @@ async fn adversarial_hostile_since_values_are_refused_or_resynced_then_live() {
     assert!(events_until_pong(&mut ws, "after hn").await.is_empty());
 
     // Back on the direct path: of the next events, at most the first goes through the queue.
-    let before = hub_counters(&app);
+    five_events_mostly_written_directly(&app, &db, &mut ws, "hx").await;
+}
+
+/// Five events of `negocio`, each read by `ws` (its only subscriber): at most the first goes
+/// through the connection's queue, the others are written directly (no floor or replay
+/// de-duplication holds the connection on the queued path).
+async fn five_events_mostly_written_directly(
+    app: &TestApp,
+    db: &TestDb,
+    ws: &mut Ws,
+    negocio: &str,
+) {
+    let before = hub_counters(app);
     for i in 0..5 {
-        db.execute("insert into citas (negocio_id) values ('hx')")
-            .await;
-        read_events(&mut ws, 1, &format!("hx direct {i}")).await;
+        db.execute(&format!(
+            "insert into citas (negocio_id) values ('{negocio}')"
+        ))
+        .await;
+        read_events(ws, 1, &format!("{negocio} direct {i}")).await;
     }
-    let after = hub_delivered(&app, before, 5).await;
+    let after = hub_delivered(app, before, 5).await;
     assert!(
         after.1 - before.1 >= 4,
         "written directly: {} of 5",
         after.1 - before.1
     );
+}
+
+/// A connection in an open transaction that has inserted `rows` citas of `negocio`; their
+/// seqs, in order (drawn, not committed).
+async fn open_transaction_inserting(
+    db: &TestDb,
+    negocio: &str,
+    rows: usize,
+) -> (tokio_postgres::Client, Vec<i64>) {
+    let long = connect(&db.url).await;
+    long.batch_execute(&format!(
+        "begin; insert into citas (negocio_id) select '{negocio}' from generate_series(1, {rows})"
+    ))
+    .await
+    .expect("the open transaction");
+    let seqs: Vec<i64> = long
+        .query(
+            "select seq from citas_realtime.events where negocio_id = $1 order by seq",
+            &[&negocio],
+        )
+        .await
+        .expect("its own rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seqs.len(), rows);
+    (long, seqs)
 }
 
 /// A transaction inserts 10 `ot` rows (their seqs drawn, uncommitted) and stays open while 5
@@ -1989,23 +2030,7 @@ async fn adversarial_since_inside_an_open_transactions_range() {
     let app = spawn_app(&db.url).await;
     let addr = app.addr;
     let mut reader = subject_client(addr, &["ot"], "reader").await;
-    let long = connect(&db.url).await;
-    long.batch_execute(
-        "begin; insert into citas (negocio_id) select 'ot' from generate_series(1, 10)",
-    )
-    .await
-    .expect("the long transaction");
-    let open: Vec<i64> = long
-        .query(
-            "select seq from citas_realtime.events where negocio_id = 'ot' order by seq",
-            &[],
-        )
-        .await
-        .expect("its own rows")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(open.len(), 10);
+    let (long, open) = open_transaction_inserting(&db, "ot", 10).await;
     db.execute("insert into citas (negocio_id) select 'ot' from generate_series(1, 5)")
         .await;
     let committed = db.logged_seqs("ot").await;
@@ -2080,20 +2105,8 @@ async fn adversarial_since_at_rolled_back_seqs_then_back_to_direct_writes() {
     let app = spawn_app(&db.url).await;
     let addr = app.addr;
     let mut reader = subject_client(addr, &["rb"], "reader").await;
-    let long = connect(&db.url).await;
-    long.batch_execute(
-        "begin; insert into citas (negocio_id) select 'rb' from generate_series(1, 10)",
-    )
-    .await
-    .expect("the long transaction");
-    let open: i64 = long
-        .query_one(
-            "select min(seq) from citas_realtime.events where negocio_id = 'rb'",
-            &[],
-        )
-        .await
-        .expect("its own rows")
-        .get(0);
+    let (long, open) = open_transaction_inserting(&db, "rb", 10).await;
+    let open = open[0];
     db.execute("insert into citas (negocio_id) select 'rb' from generate_series(1, 3)")
         .await;
     let mut logged = db.logged_seqs("rb").await;
@@ -2401,17 +2414,6 @@ async fn adversarial_since_cycles_across_many_negocios_on_one_connection() {
     );
 
     // Nothing holds the connection on the queued path any more.
-    let before = hub_counters(&app);
-    assert_eq!(before.2, NEGOCIOS);
-    for i in 0..5 {
-        db.execute("insert into citas (negocio_id) values ('cy0')")
-            .await;
-        read_events(&mut ws, 1, &format!("direct {i}")).await;
-    }
-    let after = hub_delivered(&app, before, 5).await;
-    assert!(
-        after.1 - before.1 >= 4,
-        "written directly: {} of 5",
-        after.1 - before.1
-    );
+    assert_eq!(hub_counters(&app).2, NEGOCIOS);
+    five_events_mostly_written_directly(&app, &db, &mut ws, "cy0").await;
 }

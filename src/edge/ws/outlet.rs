@@ -18,6 +18,7 @@
 //!   more than [`BACKLOG_LIMIT`]. A client that does not read is found by its queue overflowing
 //!   or a write outlasting the write timeout, and is closed with 1013.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -74,6 +75,9 @@ struct State<S> {
     backlog: BytesMut,
     /// The task owns the writes: the hub must queue.
     busy: bool,
+    /// Per negocio resumed with `since`: events at or below it are skipped, whichever way they
+    /// would have gone (the replay read the log, which can be ahead of the listener).
+    floors: HashMap<String, i64>,
 }
 
 impl<S> std::fmt::Debug for SocketOutlet<S> {
@@ -90,6 +94,7 @@ impl<S: Io> SocketOutlet<S> {
                 io,
                 backlog: BytesMut::new(),
                 busy: true,
+                floors: HashMap::new(),
             }),
             queue,
         })
@@ -120,6 +125,16 @@ impl<S: Io> SocketOutlet<S> {
         }
     }
 
+    /// From now on, `negocio`'s events at or below `since` are skipped.
+    pub(crate) fn set_floor(&self, negocio: &str, since: i64) {
+        self.lock().floors.insert(negocio.to_string(), since);
+    }
+
+    /// `negocio`'s events are all offered again.
+    pub(crate) fn lift_floor(&self, negocio: &str) {
+        self.lock().floors.remove(negocio);
+    }
+
     /// Room left in the queue.
     pub(crate) fn queue_room(&self) -> usize {
         self.queue.capacity()
@@ -129,6 +144,15 @@ impl<S: Io> SocketOutlet<S> {
 impl<S: Io> Outlet for SocketOutlet<S> {
     fn offer(&self, frame: &Arc<Outbound>, direct: bool) -> Offered {
         let mut state = self.lock();
+        if frame.is_event
+            && !state.floors.is_empty()
+            && state
+                .floors
+                .get(&frame.negocio_id)
+                .is_some_and(|floor| frame.seq <= *floor)
+        {
+            return Offered::Skipped;
+        }
         if direct && !state.busy && state.backlog.is_empty() {
             if let Some(n) = state.write_now(&frame.wire) {
                 if n < frame.wire.len() {
@@ -271,6 +295,37 @@ mod tests {
             wire: Bytes::from(vec![byte; len]),
             is_event: true,
         })
+    }
+
+    /// A floor skips its negocio's events at or below it, directly or queued; other
+    /// negocios' events and frames that are not events pass; lifted, everything passes.
+    #[tokio::test]
+    async fn a_floor_skips_events_at_or_below_since() {
+        let (server, _client) = tokio::io::duplex(1024);
+        let (queue, mut frames) = mpsc::channel(8);
+        let outlet = SocketOutlet::new(server, queue);
+        outlet.set_floor("n", 5);
+        assert_eq!(outlet.offer(&frame(5, 10), true), Offered::Skipped);
+        assert_eq!(outlet.offer(&frame(6, 10), true), Offered::Queued);
+        assert_eq!(frames.recv().await.map(|f| f.seq), Some(6));
+        assert_eq!(outlet.release(|| true), Release::Idle);
+        assert_eq!(outlet.offer(&frame(4, 10), true), Offered::Skipped);
+        let other = Arc::new(Outbound {
+            seq: 3,
+            negocio_id: "m".into(),
+            wire: Bytes::from(vec![3; 10]),
+            is_event: true,
+        });
+        assert_eq!(outlet.offer(&other, true), Offered::Written);
+        let stats = Arc::new(Outbound {
+            seq: 2,
+            negocio_id: "n".into(),
+            wire: Bytes::from(vec![2; 10]),
+            is_event: false,
+        });
+        assert_eq!(outlet.offer(&stats, true), Offered::Written);
+        outlet.lift_floor("n");
+        assert_eq!(outlet.offer(&frame(1, 10), true), Offered::Written);
     }
 
     /// A socket that takes 64 bytes at most: a 100-byte frame is written in part, the rest and

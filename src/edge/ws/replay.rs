@@ -60,7 +60,7 @@ pub(crate) async fn replay<S: Io>(
 /// Tells the client to reload: from here on it gets every live event, whatever its `since` was
 /// (which may be far beyond the log, or the replay stopped short of it).
 async fn resync<S: Io>(session: &mut Session<S>, channel: &str, negocio: &str) -> Flow {
-    session.floors.remove(negocio);
+    session.conn.outlet().lift_floor(negocio);
     session.reply(frames::resync(channel)).await
 }
 

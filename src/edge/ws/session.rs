@@ -29,11 +29,6 @@ pub(crate) struct Session<S> {
     /// when left. Those events (published before it) are dropped, so none follows
     /// `unsubscribed`, or a new subscription's replay. Cleared once the queue was seen empty.
     pub(crate) left: HashMap<String, LogPosition>,
-    /// Per negocio resumed with `since`: live events at or below it are not sent (the client
-    /// has them, or asked only for what follows). Kept while the listener may still publish
-    /// such a seq: it reads behind the log that the replay read, or an older transaction has
-    /// yet to commit.
-    pub(crate) floors: HashMap<String, i64>,
 }
 
 impl<S: Io> Session<S> {
@@ -55,7 +50,6 @@ impl<S: Io> Session<S> {
             conn,
             replayed: HashMap::new(),
             left: HashMap::new(),
-            floors: HashMap::new(),
         }
     }
 
@@ -67,12 +61,12 @@ impl<S: Io> Session<S> {
         self.conn.write(frames).await.into()
     }
 
-    /// Writes a batch from the live queue, skipping what a replay already sent, events at or
-    /// below a resumed subscription's `since`, events of negocios left since they were queued,
-    /// and the empty frames that only ask for a flush (which [`crate::edge::ws::transport`]
-    /// does anyway).
+    /// Writes a batch from the live queue, skipping what a replay already sent, events of
+    /// negocios left since they were queued, and the empty frames that only ask for a flush
+    /// (which [`crate::edge::ws::transport`] does anyway). (Events at or below a resumed
+    /// subscription's `since` never get here: the outlet skips them.)
     pub(crate) async fn send_live(&mut self, batch: &mut Vec<Arc<Outbound>>) -> Flow {
-        let (replayed, left, floors) = (&mut self.replayed, &self.left, &self.floors);
+        let (replayed, left) = (&mut self.replayed, &self.left);
         let frames: Vec<Bytes> = batch
             .drain(..)
             .filter(|out| {
@@ -85,7 +79,6 @@ impl<S: Io> Session<S> {
                 if left
                     .get(&out.negocio_id)
                     .is_some_and(|at| !at.may_publish_later(out.seq))
-                    || floors.get(&out.negocio_id).is_some_and(|f| out.seq <= *f)
                 {
                     return false;
                 }
@@ -109,7 +102,7 @@ impl<S: Io> Session<S> {
     /// Ends the subscription to `negocio`; false when there was none.
     pub(crate) fn leave(&mut self, negocio: &str) -> bool {
         self.replayed.remove(negocio);
-        self.floors.remove(negocio);
+        self.conn.outlet().lift_floor(negocio);
         let left = self.subscriptions.remove(negocio);
         if left {
             // After the hub let go: every event queued for it was published before this.
@@ -117,23 +110,6 @@ impl<S: Io> Session<S> {
                 .insert(negocio.to_string(), self.ctx.hub.position());
         }
         left
-    }
-
-    /// Forgets the floors the listener has passed (no seq at or below them can be published
-    /// any more, and none is still queued); true when none is left.
-    pub(crate) fn settle_floors(&mut self, queue_empty: impl FnOnce() -> bool) -> bool {
-        if self.floors.is_empty() {
-            return true;
-        }
-        // The position first, then the queue: every event published up to that position was
-        // queued before it was recorded, so an empty queue means all of them went through
-        // `send_live`.
-        let position = self.ctx.hub.position();
-        if queue_empty() {
-            self.floors
-                .retain(|_, floor| position.may_publish_up_to(*floor));
-        }
-        self.floors.is_empty()
     }
 
     /// Takes `rows` events from the replay budget of this connection's subject; false when it

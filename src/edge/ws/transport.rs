@@ -154,13 +154,11 @@ impl<S: Io> Transport<S> {
                 // Whatever was queued before a negocio was left has been through.
                 session.left.clear();
             }
-            // While a floor holds, live events must pass `send_live`: no direct writes.
-            let floors_passed = session.settle_floors(|| self.frames.is_empty());
             let (frames, replayed) = (&self.frames, &session.replayed);
             match session
                 .conn
                 .outlet()
-                .release(|| frames.is_empty() && replayed.is_empty() && floors_passed)
+                .release(|| frames.is_empty() && replayed.is_empty())
             {
                 Release::Idle | Release::Busy => return Flow::Continue,
                 Release::Flush => {

@@ -24,6 +24,11 @@ pub(super) async fn subscribe<S: Io>(
         Err(reply) => return session.reply(reply).await,
     };
     let engine = session.ctx.stats.clone().filter(|_| stats != Some(false));
+    // Before the hub offers this subscription anything: the listener may be behind the log
+    // the replay reads, and what it publishes later at or below `since`, the client has.
+    if let Some(since) = since {
+        session.conn.outlet().set_floor(&negocio, since);
+    }
     let position = session
         .subscriptions
         .add(&negocio, &session.me, engine.is_some());
@@ -32,10 +37,9 @@ pub(super) async fn subscribe<S: Io>(
         return flow;
     }
     if let Some(since) = since {
-        // The listener may be behind the log the replay reads: what it publishes later at or
-        // below `since`, the client already has.
-        if position.may_publish_up_to(since) {
-            session.floors.insert(negocio.clone(), since);
+        if !position.may_publish_up_to(since) {
+            // Nothing at or below it can come live: offers need not check.
+            session.conn.outlet().lift_floor(&negocio);
         }
         let flow = replay(session, channel, &negocio, since, &position).await;
         if !flow.is_continue() {
