@@ -1039,6 +1039,24 @@ async fn adversarial_subscribed_comes_before_any_live_event_of_its_channel() {
 // write an event's frames, taking chunks of 32 subscribers from one cursor.
 // ---------------------------------------------------------------------------------------------
 
+/// A writer on its own connection running `count` statements back to back (`sql(i)` is the
+/// i-th), telling `progress` how many it has run.
+fn spawn_writer(
+    db: &TestDb,
+    count: usize,
+    progress: tokio::sync::watch::Sender<usize>,
+    sql: impl Fn(usize) -> String + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let url = db.url.clone();
+    tokio::spawn(async move {
+        let w = connect(&url).await;
+        for i in 0..count {
+            w.batch_execute(&sql(i)).await.expect("insert");
+            progress.send_replace(i + 1);
+        }
+    })
+}
+
 /// The log's newest seq now (0 when empty).
 async fn newest_seq(db: &TestDb) -> i64 {
     db.scalar("select coalesce(max(seq), 0)::int8 from citas_realtime.events")
@@ -1558,19 +1576,8 @@ async fn adversarial_resume_ahead_of_a_lagging_split_fan_out() {
         }));
     }
     let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
-    let writer = tokio::spawn({
-        let url = db.url.clone();
-        async move {
-            let w = connect(&url).await;
-            for i in 0..STATEMENTS {
-                w.batch_execute(&format!(
-                    "insert into citas (negocio_id) select 'lag' from generate_series(1, {ROWS})"
-                ))
-                .await
-                .expect("insert");
-                progress_tx.send_replace(i + 1);
-            }
-        }
+    let writer = spawn_writer(&db, STATEMENTS, progress_tx, |_| {
+        format!("insert into citas (negocio_id) select 'lag' from generate_series(1, {ROWS})")
     });
     progress
         .wait_for(|n| *n > 0)
@@ -1716,6 +1723,7 @@ async fn adversarial_abrupt_disconnects_mid_split_fan_out_release_everything() {
     let start = newest_seq(&db).await;
     let want: usize = (0..STATEMENTS).map(|i| 1 + i % 3).sum();
 
+    let (progress_tx, progress_rx) = tokio::sync::watch::channel(0usize);
     let mut stayers = Vec::new();
     for i in 0..STAYERS {
         let mut ws = subject_client(addr, &["ab"], &format!("s{i}")).await;
@@ -1724,7 +1732,6 @@ async fn adversarial_abrupt_disconnects_mid_split_fan_out_release_everything() {
             (seqs_of(&got, "ab"), ws)
         }));
     }
-    let (progress_tx, progress_rx) = tokio::sync::watch::channel(0usize);
     let mut leavers = Vec::new();
     for i in 0..LEAVERS {
         let kind = i % 4;
@@ -1771,20 +1778,11 @@ async fn adversarial_abrupt_disconnects_mid_split_fan_out_release_everything() {
     wait_metric(addr, "citas_realtime_subscriptions", total).await;
     wait_metric(addr, "citas_realtime_connections", total).await;
 
-    let writer = tokio::spawn({
-        let url = db.url.clone();
-        async move {
-            let w = connect(&url).await;
-            for i in 0..STATEMENTS {
-                w.batch_execute(&format!(
-                    "insert into citas (negocio_id) select 'ab' from generate_series(1, {})",
-                    1 + i % 3
-                ))
-                .await
-                .expect("insert");
-                progress_tx.send_replace(i + 1);
-            }
-        }
+    let writer = spawn_writer(&db, STATEMENTS, progress_tx, |i| {
+        format!(
+            "insert into citas (negocio_id) select 'ab' from generate_series(1, {})",
+            1 + i % 3
+        )
     });
     writer.await.expect("the writer");
     let logged = db.logged_seqs("ab").await;
@@ -2220,20 +2218,11 @@ async fn adversarial_since_cycles_across_many_negocios_on_one_connection() {
         .await
         .expect("the long transaction");
     let (progress_tx, progress) = tokio::sync::watch::channel(0usize);
-    let writer = tokio::spawn({
-        let url = db.url.clone();
-        async move {
-            let w = connect(&url).await;
-            for i in 0..WRITES {
-                w.batch_execute(&format!(
-                    "insert into citas (negocio_id) values ('cy{}')",
-                    (i * 7) % NEGOCIOS
-                ))
-                .await
-                .expect("insert");
-                progress_tx.send_replace(i + 1);
-            }
-        }
+    let writer = spawn_writer(&db, WRITES, progress_tx, |i| {
+        format!(
+            "insert into citas (negocio_id) values ('cy{}')",
+            (i * 7) % NEGOCIOS
+        )
     });
     let negocio_of = |msg: &Value| -> String {
         msg["channel"]
