@@ -124,6 +124,7 @@ pub struct HubStats {
     pub delivered: u64,
     /// Of the delivered frames, those written straight to an idle socket (no task woken).
     pub written_directly: u64,
+    /// Clients closed with 1013: kicked for a full queue, or found slow by their own writes.
     pub slow_clients_kicked: u64,
     pub replayed: u64,
 }
@@ -334,6 +335,12 @@ impl Hub {
             }
         }
         tally
+    }
+
+    /// Counts a client its own connection closed with 1013 (a write that took no data for the
+    /// write timeout, or a buffer at its bound) with the clients the hub kicked.
+    pub fn count_slow_drop(&self) {
+        self.kicked.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Removes the subscriptions of connections whose queue overflowed (already kicked).

@@ -2,12 +2,14 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{
-    config_with, seqs, small_buffer_client, spawn_app, spawn_app_unready, test_config, token,
-    BinaryServer, TestApp, TestDb, Ws, DEADLINE,
+    config_with, metric, seqs, small_buffer_client, spawn_app, spawn_app_ready, spawn_app_unready,
+    test_config, token, BinaryServer, TestApp, TestDb, Ws, DEADLINE,
 };
 
 /// Subscribes to `negocio` resuming after `since`; returns after the `subscribed` answer.
@@ -241,6 +243,50 @@ async fn stalled_clients_are_dropped_and_the_others_get_everything() {
     );
     let health = app.wait_health(200).await;
     assert_eq!(health["slow_clients_kicked"], 20);
+}
+
+/// A client stops reading before its queue can overflow: 6,000 events of 3 KB (18 MB) fill its
+/// socket (at most 4 MB on Linux by default) but not its queue (raised to 10,000 here). After
+/// 10 s in which it took no data it is closed with 1013 and a reason saying so, and counted
+/// like a client whose queue overflowed (metric and /health).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_no_data_for_10_s_is_closed_with_1013_and_counted() {
+    let db = TestDb::new().await;
+    db.execute("select citas_realtime.set_record_columns(array['cliente_id'])")
+        .await;
+    let config = config_with(&db.url, |a| a.client_queue_capacity = "10000".into());
+    let app = spawn_app_ready(config).await;
+    let mut stalled = stalled_client(app.addr, "stall").await;
+    db.execute(
+        "insert into citas (negocio_id, cliente_id) \
+         select 'stall', repeat('x', 3000) from generate_series(1, 6000)",
+    )
+    .await;
+    let drops = "citas_realtime_slow_client_drops_total";
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while metric(&app, drops).await < 1.0 {
+        assert!(Instant::now() < deadline, "not given up within 40 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It reads again: what its socket held, then the close (sent within 5 s of giving up).
+    let close = loop {
+        let msg = tokio::time::timeout(DEADLINE, stalled.socket.next())
+            .await
+            .expect("no close frame");
+        match msg {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame with a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.code, CloseCode::Again);
+    assert!(
+        close.reason.contains("took no data for 10 s"),
+        "{}",
+        close.reason
+    );
+    assert_eq!(metric(&app, drops).await, 1.0);
+    assert_eq!(app.wait_health(200).await["slow_clients_kicked"], 1);
 }
 
 /// A client stops reading until its socket is full, then reads again. Frames of about 3 KB

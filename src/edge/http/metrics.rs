@@ -104,7 +104,7 @@ impl Mirrors {
             ),
             slow_drops: counter(
                 "citas_realtime_slow_client_drops_total",
-                "Clients disconnected with 1013 because their queue overflowed",
+                "Clients disconnected with 1013: their queue overflowed, or they took no data for 10 s",
             ),
             reconnects: counter(
                 "citas_realtime_listener_reconnects_total",

@@ -25,6 +25,8 @@ use crate::edge::ws::outlet::{Backlogged, SharedIo, SocketOutlet};
 
 /// A client that accepts no data for this long is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+// The stalled client's close reason ([`Flow::stalled`]) and the slow-drop metric's help say so.
+const _: () = assert!(WRITE_TIMEOUT.as_secs() == 10);
 /// The most bytes of queued frames gathered into one write.
 const GATHER: usize = 64 * 1024;
 /// How long a closing handshake may take before the socket is simply dropped. A client kicked
@@ -39,9 +41,11 @@ pub(crate) type Incoming<S> = SplitStream<WebSocketStream<Socket<S>>>;
 /// How a write went.
 pub(crate) enum Written {
     Ok,
-    /// The client does not take data fast enough (timeout, full write buffer, or the hub
-    /// kicked it meanwhile): close with 1013.
-    Slow,
+    /// The client fell too far behind (the hub kicked it for a full queue, or a write buffer
+    /// would outgrow its bound): close with 1013.
+    Overflowed,
+    /// The client took no data for [`WRITE_TIMEOUT`]: close with 1013.
+    Stalled,
     /// The socket is gone.
     Gone,
 }
@@ -64,6 +68,19 @@ impl Flow {
         )))
     }
 
+    /// The flow of a client that took no data for [`WRITE_TIMEOUT`].
+    pub(crate) fn stalled() -> Flow {
+        Flow::Close(Some(close_frame(
+            CloseCode::Again,
+            "too slow: took no data for 10 s; reconnect and resume with since",
+        )))
+    }
+
+    /// True when this ends the connection with 1013 (too slow, either way).
+    pub(crate) fn is_too_slow(&self) -> bool {
+        matches!(self, Flow::Close(Some(frame)) if frame.code == CloseCode::Again)
+    }
+
     pub(crate) fn is_continue(&self) -> bool {
         matches!(self, Flow::Continue)
     }
@@ -73,13 +90,15 @@ impl From<Written> for Flow {
     fn from(w: Written) -> Flow {
         match w {
             Written::Ok => Flow::Continue,
-            Written::Slow => Flow::too_slow(),
+            Written::Overflowed => Flow::too_slow(),
+            Written::Stalled => Flow::stalled(),
             Written::Gone => Flow::Close(None),
         }
     }
 }
 
-/// `io` within [`WRITE_TIMEOUT`], or [`Written::Slow`] as soon as the hub kicks the client.
+/// `io` within [`WRITE_TIMEOUT`] ([`Written::Stalled`] past it), or [`Written::Overflowed`] as
+/// soon as the hub kicks the client.
 async fn bounded<E>(
     kicked: &CancellationToken,
     io: impl Future<Output = Result<(), E>>,
@@ -92,16 +111,16 @@ async fn bounded<E>(
         result = tokio::time::timeout(WRITE_TIMEOUT, io) => match result {
             Ok(Ok(())) => Written::Ok,
             Ok(Err(error)) => failed(error),
-            Err(_) => Written::Slow,
+            Err(_) => Written::Stalled,
         },
-        _ = kicked.cancelled() => Written::Slow,
+        _ = kicked.cancelled() => Written::Overflowed,
     }
 }
 
 /// A client whose backlog is full is slow; any other failure means the socket is gone.
 fn io_failed(error: &io::Error) -> Written {
     if Backlogged::is(error) {
-        Written::Slow
+        Written::Overflowed
     } else {
         Written::Gone
     }
@@ -155,7 +174,7 @@ impl<S: Io> Connection<S> {
         };
         let kicked = &self.kicked;
         bounded(kicked, io, |error| match error {
-            WsError::WriteBufferFull(_) => Written::Slow,
+            WsError::WriteBufferFull(_) => Written::Overflowed,
             WsError::Io(error) => io_failed(&error),
             _ => Written::Gone,
         })

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
+use nix::libc::MSG_NOSIGNAL;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -209,7 +210,9 @@ impl<S: Io> State<S> {
         // the socket is another cache line per recipient. tokio's view stays right: it learns
         // the socket is full from its own next write, which the task makes before it waits.
         if let Some(tcp) = (&self.io as &dyn Any).downcast_ref::<TcpStream>() {
-            return match SockRef::from(tcp).send(bytes) {
+            // MSG_NOSIGNAL: a peer that is gone is an error here, never a SIGPIPE (socket2's
+            // plain `send` passes no flags; std and tokio pass this one).
+            return match SockRef::from(tcp).send_with_flags(bytes, MSG_NOSIGNAL) {
                 Ok(n) if n > 0 => Some(n),
                 _ => None,
             };
@@ -399,22 +402,36 @@ mod tests {
         assert_eq!(outlet.offer(&frame(4, 5), true), Offered::Written);
     }
 
-    /// A real TCP socket, written with send(2): while the client reads nothing, frames go out
-    /// directly until the socket is full; its rest waits in the backlog, the next frame is
-    /// queued, and once the task has written the queue the client has every byte, in order.
-    #[tokio::test]
-    async fn a_full_tcp_socket_queues_and_the_client_gets_every_byte_in_order() {
+    /// A connected pair of TCP sockets: (the server's, the client's).
+    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let connect = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(connect, listener.accept());
-        let (mut client, (server, _)) = (client.unwrap(), accepted.unwrap());
+        (accepted.unwrap().0, client.unwrap())
+    }
+
+    /// A real TCP socket, written with send(2): while the client reads nothing, frames go out
+    /// directly until the socket is full, the last one in part (its rest waits in the backlog,
+    /// and the flush marker wakes the task); the next frame is queued. Once the task has
+    /// written the queue, the client has every byte once, in order, and nothing more.
+    #[tokio::test]
+    async fn a_full_tcp_socket_queues_and_the_client_gets_every_byte_once_in_order() {
+        const SIZE: usize = 10_007; // divides no buffer size: the last frame goes in part
+        let (server, mut client) = tcp_pair().await;
         let (queue, mut frames) = mpsc::channel(8);
         let outlet = SocketOutlet::new(server, queue);
         assert_eq!(outlet.release(|| true), Release::Idle);
         let mut sent = Vec::new();
         for n in 0u32.. {
             assert!(sent.len() < 256 << 20, "the socket never filled");
-            let f = frame(n as u8, 16 * 1024);
+            // Numbered bytes: a frame repeated, cut or swapped shows.
+            let wire: Vec<u8> = (0..SIZE).map(|i| (n as usize * 31 + i) as u8).collect();
+            let f = Arc::new(Outbound {
+                seq: i64::from(n),
+                negocio_id: "n".into(),
+                wire: Bytes::from(wire),
+                is_event: true,
+            });
             sent.extend_from_slice(&f.wire);
             match outlet.offer(&f, true) {
                 Offered::Written => {}
@@ -422,23 +439,60 @@ mod tests {
                 other => panic!("offer {n}: {other:?}"),
             }
         }
-        let expected = sent.len();
         let reader = tokio::spawn(async move {
-            let mut got = vec![0u8; expected];
-            client.read_exact(&mut got).await.map(|_| got)
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.map(|_| got)
         });
-        let mut io = SharedIo(outlet.clone());
-        while let Ok(f) = frames.try_recv() {
-            io.write_all(&f.wire).await.unwrap();
-        }
-        io.flush().await.unwrap();
+        let task = async {
+            let mut io = SharedIo(outlet.clone());
+            let marker = frames.recv().await.unwrap();
+            assert!(marker.wire.is_empty(), "the last direct frame went whole");
+            while let Ok(f) = frames.try_recv() {
+                io.write_all(&f.wire).await.unwrap();
+            }
+            io.flush().await.unwrap();
+            assert_eq!(outlet.release(|| frames.is_empty()), Release::Idle);
+        };
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the task's writes did not finish");
+        drop(outlet); // the socket closes: the client reads to its end
         let got = tokio::time::timeout(Duration::from_secs(30), reader)
             .await
             .expect("the client did not get every byte")
             .unwrap()
             .unwrap();
+        assert_eq!(got.len(), sent.len(), "bytes lost or repeated");
         assert!(got == sent, "bytes out of order");
-        assert_eq!(outlet.release(|| frames.is_empty()), Release::Idle);
+    }
+
+    /// A direct write to a peer that reset the connection fails quietly (the frame is queued,
+    /// and the task meets the error) and raises no SIGPIPE: this process ignores SIGPIPE only
+    /// because Rust's runtime set it so, which a host may undo. SIGPIPE is blocked on this
+    /// (the only) thread, so one raised would wait there for the signalfd to read.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_to_a_reset_peer_raises_no_sigpipe() {
+        use nix::sys::signal::{SigSet, Signal};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let (server, client) = tcp_pair().await;
+        // Closed with a zero linger, the client resets the connection.
+        SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client);
+        let mut pipe = SigSet::empty();
+        pipe.add(Signal::SIGPIPE);
+        pipe.thread_block().unwrap();
+        let raised = SignalFd::with_flags(&pipe, SfdFlags::SFD_NONBLOCK).unwrap();
+        let (queue, _frames) = mpsc::channel(8);
+        let outlet = SocketOutlet::new(server, queue);
+        for _ in 0..3 {
+            assert_eq!(outlet.release(|| true), Release::Idle);
+            assert_eq!(outlet.offer(&frame(1, 100), true), Offered::Queued);
+        }
+        let signal = raised.read_signal().unwrap();
+        pipe.thread_unblock().unwrap();
+        assert!(signal.is_none(), "a direct write raised SIGPIPE");
     }
 
     /// A client that reads nothing: once its socket is full, the next write waits (no bytes

@@ -63,6 +63,12 @@ pub(crate) async fn serve<S: Io>(ctx: WsContext, io: S, principal: Principal) {
     let mut session = Session::new(ctx, me, principal, conn);
     let mut transport = Transport::new(&session, incoming, frames);
     let end = transport.run(&mut session).await;
+    if end.is_too_slow() && !session.me.kicked.is_cancelled() {
+        // Found slow by its own writes; the hub counts the clients it kicks (and, with the
+        // token cancelled, will not kick this one too before it has left).
+        session.me.kicked.cancel();
+        session.ctx.hub.count_slow_drop();
+    }
     if let Flow::Close(Some(frame)) = &end {
         tracing::debug!(conn = id, code = %frame.code, reason = %frame.reason, "closing client");
     }
