@@ -322,13 +322,18 @@ mod tests {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn frame(byte: u8, len: usize) -> Arc<Outbound> {
+    fn outbound(seq: i64, negocio_id: &str, wire: Vec<u8>, is_event: bool) -> Arc<Outbound> {
         Arc::new(Outbound {
-            seq: i64::from(byte),
-            negocio_id: "n".into(),
-            wire: Bytes::from(vec![byte; len]),
-            is_event: true,
+            seq,
+            negocio_id: negocio_id.into(),
+            wire: Bytes::from(wire),
+            is_event,
         })
+    }
+
+    /// An event of negocio "n": `len` bytes of `byte`, seq `byte`.
+    fn frame(byte: u8, len: usize) -> Arc<Outbound> {
+        outbound(i64::from(byte), "n", vec![byte; len], true)
     }
 
     /// A floor skips its negocio's events at or below it, directly or queued; other
@@ -344,19 +349,9 @@ mod tests {
         assert_eq!(frames.recv().await.map(|f| f.seq), Some(6));
         assert_eq!(outlet.release(|| true), Release::Idle);
         assert_eq!(outlet.offer(&frame(4, 10), true), Offered::Skipped);
-        let other = Arc::new(Outbound {
-            seq: 3,
-            negocio_id: "m".into(),
-            wire: Bytes::from(vec![3; 10]),
-            is_event: true,
-        });
+        let other = outbound(3, "m", vec![3; 10], true);
         assert_eq!(outlet.offer(&other, true), Offered::Written);
-        let stats = Arc::new(Outbound {
-            seq: 2,
-            negocio_id: "n".into(),
-            wire: Bytes::from(vec![2; 10]),
-            is_event: false,
-        });
+        let stats = outbound(2, "n", vec![2; 10], false);
         assert_eq!(outlet.offer(&stats, true), Offered::Written);
         outlet.lift_floor("n");
         assert_eq!(outlet.offer(&frame(1, 10), true), Offered::Written);
@@ -426,12 +421,7 @@ mod tests {
             assert!(sent.len() < 256 << 20, "the socket never filled");
             // Numbered bytes: a frame repeated, cut or swapped shows.
             let wire: Vec<u8> = (0..SIZE).map(|i| (n as usize * 31 + i) as u8).collect();
-            let f = Arc::new(Outbound {
-                seq: i64::from(n),
-                negocio_id: "n".into(),
-                wire: Bytes::from(wire),
-                is_event: true,
-            });
+            let f = outbound(i64::from(n), "n", wire, true);
             sent.extend_from_slice(&f.wire);
             match outlet.offer(&f, true) {
                 Offered::Written => {}
