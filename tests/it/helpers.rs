@@ -422,6 +422,17 @@ impl Ws {
             .expect("send");
     }
 
+    /// Sends `values` in one write, so that the server reads them together.
+    pub async fn send_together(&mut self, values: &[Value]) {
+        for value in values {
+            self.socket
+                .feed(Message::text(value.to_string()))
+                .await
+                .expect("send");
+        }
+        self.socket.flush().await.expect("send");
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.socket.send(Message::text(text)).await.expect("send");
     }

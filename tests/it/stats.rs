@@ -316,3 +316,39 @@ async fn a_snapshot_cached_before_unwatched_writes_is_not_served() {
     let snapshot = second.expect("estadisticas").await;
     assert_eq!(snapshot["data"]["total"], 1, "{snapshot}");
 }
+
+/// `subscribe` and `unsubscribe` read together: the snapshot the subscribe queued (the cached
+/// one, pushed at once) is dropped with the subscription, so nothing of the channel follows
+/// `unsubscribed`. The `ping` after it is answered before anything else.
+#[tokio::test]
+async fn no_snapshot_follows_unsubscribed() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db.url).await;
+    // A watcher keeps the negocio's snapshot cached: every subscribe gets it at once.
+    let mut watcher = stats_client(&app, "lv", json!({})).await;
+    watcher.expect("estadisticas").await;
+    let mut ws = app.ws(&token(json!({"negocio_id": "lv"}))).await;
+    ws.keep_stats = true;
+    let channel = "estadisticas:lv";
+    for round in 0..20 {
+        ws.send_together(&[
+            json!({"type": "subscribe", "channel": channel}),
+            json!({"type": "unsubscribe", "channel": channel}),
+        ])
+        .await;
+        ws.expect("subscribed").await;
+        loop {
+            let msg = ws.next().await;
+            if msg["type"] == "unsubscribed" {
+                break;
+            }
+            assert_eq!(msg["type"], "estadisticas", "round {round}: {msg}");
+        }
+        ws.send(json!({"type": "ping"})).await;
+        let msg = ws.next().await;
+        assert_eq!(
+            msg["type"], "pong",
+            "round {round}: after `unsubscribed`: {msg}"
+        );
+    }
+}

@@ -161,6 +161,11 @@ impl<S: Io> SocketOutlet<S> {
     pub(crate) fn queue_room(&self) -> usize {
         self.queue.capacity()
     }
+
+    /// Frames in the queue, not yet taken by the task.
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
 }
 
 impl<S: Io> Outlet for SocketOutlet<S> {

@@ -25,10 +25,14 @@ pub(crate) struct Session<S> {
     pub(crate) subscriptions: Subscriptions,
     /// Per negocio, seqs a replay already sent that the listener may still publish live.
     pub(crate) replayed: HashMap<String, HashSet<i64>>,
-    /// Negocios left while their events may still wait in the queue: the listener's position
-    /// when left. Those events (published before it) are dropped, so none follows
-    /// `unsubscribed`, or a new subscription's replay. Cleared once the queue was seen empty.
-    pub(crate) left: HashMap<String, LogPosition>,
+    /// Negocios left while their frames may still wait in the queue: the number of the last
+    /// frame queued when left (counted as [`Session::taken`] counts). Those frames, events and
+    /// statistics alike, are dropped, so none follows `unsubscribed`, or a new subscription's
+    /// replay. Cleared once the queue was seen empty.
+    pub(crate) left: HashMap<String, u64>,
+    /// Frames taken from the queue since the connection opened: the queue is first in, first
+    /// out, so this numbers every queued frame.
+    taken: u64,
 }
 
 impl<S: Io> Session<S> {
@@ -50,6 +54,7 @@ impl<S: Io> Session<S> {
             conn,
             replayed: HashMap::new(),
             left: HashMap::new(),
+            taken: 0,
         }
     }
 
@@ -61,26 +66,27 @@ impl<S: Io> Session<S> {
         self.conn.write(frames).await.into()
     }
 
-    /// Writes a batch from the live queue, skipping what a replay already sent, events of
+    /// Writes a batch from the live queue, skipping what a replay already sent, frames of
     /// negocios left since they were queued, and the empty frames that only ask for a flush
     /// (which [`crate::edge::ws::transport`] does anyway). (Events at or below a resumed
     /// subscription's `since` never get here: the outlet skips them.)
     pub(crate) async fn send_live(&mut self, batch: &mut Vec<Arc<Outbound>>) -> Flow {
-        let (replayed, left) = (&mut self.replayed, &self.left);
+        let (replayed, left, taken) = (&mut self.replayed, &self.left, &mut self.taken);
         let frames: Vec<Bytes> = batch
             .drain(..)
             .filter(|out| {
+                *taken += 1;
                 if out.wire.is_empty() {
+                    return false;
+                }
+                if left
+                    .get(&out.negocio_id)
+                    .is_some_and(|last_before| *taken <= *last_before)
+                {
                     return false;
                 }
                 if !out.is_event {
                     return true;
-                }
-                if left
-                    .get(&out.negocio_id)
-                    .is_some_and(|at| !at.may_publish_later(out.seq))
-                {
-                    return false;
                 }
                 let Some(seqs) = replayed.get_mut(&out.negocio_id) else {
                     return true;
@@ -105,9 +111,12 @@ impl<S: Io> Session<S> {
         self.conn.outlet().lift_floor(negocio);
         let left = self.subscriptions.remove(negocio);
         if left {
-            // After the hub let go: every event queued for it was published before this.
-            self.left
-                .insert(negocio.to_string(), self.ctx.hub.position());
+            // After the hub let go (it offers under its read lock, and letting go takes the
+            // write lock): nothing more is queued for `negocio` until a new subscribe, so every
+            // frame of it still to come was queued by now. Frames of other negocios counted in
+            // as well are not touched.
+            let last_before = self.taken + self.conn.outlet().queued() as u64;
+            self.left.insert(negocio.to_string(), last_before);
         }
         left
     }
