@@ -461,7 +461,13 @@ fn judge(sub: &Subscriber, offered: Offered) -> Result<Offered, ConnId> {
         Offered::Full if sub.kicked.is_cancelled() => Ok(Offered::Closed),
         Offered::Full => {
             sub.kicked.cancel();
-            Err(sub.id)
+            if sub.outlet.claim_drop() {
+                Err(sub.id)
+            } else {
+                // Given up already (another thread of the hub, or its own connection, which
+                // counted it and is leaving the hub).
+                Ok(Offered::Closed)
+            }
         }
         // Closed: the connection is closing; it removes itself.
         offered => Ok(offered),
@@ -533,6 +539,37 @@ mod tests {
         let stats = hub.stats();
         assert_eq!(stats.subscriptions, 1);
         assert_eq!(stats.slow_clients_kicked, 1);
+    }
+
+    /// A queue whose client its own connection already gave up (and counted).
+    #[derive(Debug)]
+    struct GivenUp(mpsc::Sender<Arc<Outbound>>);
+
+    impl Outlet for GivenUp {
+        fn offer(&self, frame: &Arc<Outbound>, _direct: bool) -> Offered {
+            queue(&self.0, frame)
+        }
+
+        fn claim_drop(&self) -> bool {
+            false
+        }
+    }
+
+    /// Found too slow by its own connection and by the hub at the same moment: counted once,
+    /// by the connection, which leaves the hub itself.
+    #[test]
+    fn a_client_given_up_by_its_connection_is_not_counted_again() {
+        let hub = Hub::new();
+        let (queue, _rx) = mpsc::channel(1);
+        let sub = Subscriber {
+            id: hub.next_conn_id(),
+            outlet: Arc::new(GivenUp(queue)),
+            kicked: CancellationToken::new(),
+        };
+        hub.subscribe("a", &sub, false);
+        hub.publish(&[event(1, "a"), event(2, "a")], LogPosition::default());
+        assert!(sub.kicked.is_cancelled());
+        assert_eq!(hub.stats().slow_clients_kicked, 0);
     }
 
     #[test]

@@ -35,6 +35,13 @@ pub trait Outlet: Send + Sync + Debug {
     /// connection is idle, queued otherwise. Frames offered to one outlet reach the client in
     /// the order offered, whichever way each went.
     fn offer(&self, frame: &Arc<Outbound>, direct: bool) -> Offered;
+
+    /// True the first time only: whoever gives the client up as too slow (the hub, for a full
+    /// queue, or the connection, for a write that took nothing) claims the drop, and only the
+    /// claimant counts it. An outlet only the hub can give up may keep this default.
+    fn claim_drop(&self) -> bool {
+        true
+    }
 }
 
 /// `try_send`, as an [`Offered`].

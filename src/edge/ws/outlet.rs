@@ -91,6 +91,8 @@ struct State<S> {
     /// frames.
     backlog: BytesMut,
     io: S,
+    /// The client was given up as too slow, and counted (see [`Outlet::claim_drop`]).
+    dropped: bool,
 }
 
 impl<S> std::fmt::Debug for SocketOutlet<S> {
@@ -108,6 +110,7 @@ impl<S: Io> SocketOutlet<S> {
                 backlog: BytesMut::new(),
                 busy: true,
                 floors: None,
+                dropped: false,
             }),
             queue,
         })
@@ -193,6 +196,10 @@ impl<S: Io> Outlet for SocketOutlet<S> {
         }
         state.busy = true;
         queue(&self.queue, frame)
+    }
+
+    fn claim_drop(&self) -> bool {
+        !std::mem::replace(&mut self.lock().dropped, true)
     }
 }
 
@@ -343,6 +350,16 @@ mod tests {
 
     /// A floor skips its negocio's events at or below it, directly or queued; other
     /// negocios' events and frames that are not events pass; lifted, everything passes.
+    /// The hub and the connection may both find the client too slow at once: one claims it.
+    #[tokio::test]
+    async fn a_drop_is_claimed_once() {
+        let (server, _client) = tokio::io::duplex(64);
+        let (queue, _frames) = mpsc::channel(8);
+        let outlet = SocketOutlet::new(server, queue);
+        assert!(outlet.claim_drop());
+        assert!(!outlet.claim_drop());
+    }
+
     #[tokio::test]
     async fn a_floor_skips_events_at_or_below_since() {
         let (server, _client) = tokio::io::duplex(1024);

@@ -26,6 +26,7 @@ use crate::edge::ws::session::Session;
 use crate::edge::ws::WsContext;
 use crate::fanout::frames::{self, ErrorCode, Outbound};
 use crate::fanout::hub::{ConnId, Subscriber};
+use crate::fanout::outlet::Outlet;
 
 /// Clients only send small control messages: anything larger is refused by tungstenite.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024;
@@ -63,9 +64,10 @@ pub(crate) async fn serve<S: Io>(ctx: WsContext, io: S, principal: Principal) {
     let mut session = Session::new(ctx, me, principal, conn);
     let mut transport = Transport::new(&session, incoming, frames);
     let end = transport.run(&mut session).await;
-    if end.is_too_slow() && !session.me.kicked.is_cancelled() {
-        // Found slow by its own writes; the hub counts the clients it kicks (and, with the
-        // token cancelled, will not kick this one too before it has left).
+    if end.is_too_slow() && session.conn.outlet().claim_drop() {
+        // Found slow by its own writes (the hub counts the clients it kicks, having claimed
+        // them the same way, so each is counted once); with the token cancelled, the hub will
+        // not try to kick this one before it has left.
         session.me.kicked.cancel();
         session.ctx.hub.count_slow_drop();
     }
