@@ -433,7 +433,7 @@ async fn adversarial_clients_that_pause_and_resume_get_whole_frames_in_order() {
 }
 
 /// A client sends WebSocket pings (and JSON pings) constantly while ~9 MB of events flow to
-/// it, and the server pings every second. The client has a 4 KiB receive buffer and reads a
+/// it, and the server pings every 100 ms. The client has a 4 KiB receive buffer and reads a
 /// little slowly, so the server's socket fills: frames are written in part, the rest goes to
 /// the backlog, and tungstenite's pongs join the same stream. Every frame must parse, every
 /// event arrive once in order, pongs answer pings in order.
@@ -450,9 +450,9 @@ async fn adversarial_constant_pings_interleave_with_direct_and_partial_writes() 
     db.execute("select citas_realtime.set_record_columns(array['cliente_id'])")
         .await;
     let config = config_with(&db.url, |a| {
-        // Not shorter: the server counts a client silent from its last *read*, and while it
-        // waits for this slow reader's socket it reads nothing (a 100 ms interval drops it).
-        a.ws_ping_interval = "1s".into();
+        // Short: while the server waits for this slow reader's socket it reads nothing, so the
+        // client's own pings pile up unread; they must count before its silence is judged.
+        a.ws_ping_interval = "100ms".into();
         a.client_message_rate = "2000".into();
         a.client_message_burst = "2000".into();
         a.client_queue_capacity = "100000".into();

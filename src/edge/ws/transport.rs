@@ -138,8 +138,11 @@ impl<S: Io> Transport<S> {
                 _ = &mut self.expiry => {
                     Flow::Close(Some(close_frame(CloseCode::Policy, "token expired")))
                 }
-                _ = self.ping.tick() => self.ping(session).await,
+                // The client's frames before the ping: after a long write (while the task waits
+                // for the socket it reads nothing), what the client sent meanwhile must count
+                // before its silence is judged.
                 incoming = self.incoming.next() => self.on_frame(session, incoming).await,
+                _ = self.ping.tick() => self.ping(session).await,
                 n = self.frames.recv_many(&mut self.batch, WRITE_BATCH) => {
                     if n == 0 {
                         Flow::Close(None)
