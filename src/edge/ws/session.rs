@@ -28,7 +28,8 @@ pub(crate) struct Session<S> {
     /// Negocios left while their frames may still wait in the queue: the number of the last
     /// frame queued when left (counted as [`Session::taken`] counts). Those frames, events and
     /// statistics alike, are dropped, so none follows `unsubscribed`, or a new subscription's
-    /// replay. Cleared once the queue was seen empty.
+    /// replay. An entry goes once its frames have been taken (or the queue was seen empty), so
+    /// the map never outgrows the queue.
     pub(crate) left: HashMap<String, u64>,
     /// Frames taken from the queue since the connection opened: the queue is first in, first
     /// out, so this numbers every queued frame.
@@ -99,6 +100,11 @@ impl<S: Io> Session<S> {
             })
             .map(|out| out.wire.clone())
             .collect();
+        if !self.left.is_empty() {
+            // Whatever was queued before these leaves has been taken.
+            let taken = self.taken;
+            self.left.retain(|_, last_before| *last_before > taken);
+        }
         if frames.is_empty() {
             return Written::Ok.into();
         }
