@@ -94,7 +94,35 @@ pub struct Running {
     pub next: i64,
 }
 
+/// A snapshot's text (`pg_current_snapshot()::text`) that is not `xmin:xmax:xip,...`.
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected snapshot from the database: {0:?}")]
+pub struct BadSnapshot(String);
+
 impl Running {
+    /// From a snapshot's text form, `xmin:xmax:xip1,xip2,...` (`pg_current_snapshot()::text`),
+    /// and how many ids were assigned at or above its `xmax` by the time it was read
+    /// (`ahead`: `next` is `xmax + ahead`).
+    pub fn from_snapshot(text: &str, ahead: i32) -> Result<Running, BadSnapshot> {
+        let bad = || BadSnapshot(text.chars().take(100).collect());
+        let mut parts = text.splitn(3, ':');
+        let (Some(xmin), Some(xmax), Some(xip)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        let id = |digits: &str| digits.parse::<i64>().map_err(|_| bad());
+        let (xmin, xmax) = (id(xmin)?, id(xmax)?);
+        let xip = xip
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(id)
+            .collect::<Result<BTreeSet<i64>, _>>()?;
+        let next = xmax.checked_add(i64::from(ahead)).ok_or_else(bad)?;
+        if ahead < 0 || xmin > xmax || xip.iter().any(|&x| x < xmin || x >= xmax) {
+            return Err(bad());
+        }
+        Ok(Running { xip, xmax, next })
+    }
+
     /// True when transaction `xid` may still be running. Ids from `xmax` on count as running:
     /// the writers we track were assigned before an earlier snapshot, so below `next`.
     fn contains(&self, xid: i64) -> bool {
@@ -358,6 +386,31 @@ mod tests {
             xmax,
             next,
         }
+    }
+
+    #[test]
+    fn a_snapshot_is_read_from_its_text() {
+        let running = Running::from_snapshot("748:752:748,750", 3).expect("a snapshot");
+        assert_eq!(running, snapshot(&[748, 750], 752, 755));
+        let idle = Running::from_snapshot("752:752:", 0).expect("a snapshot");
+        assert_eq!(idle, snapshot(&[], 752, 752));
+        assert!(idle.is_empty());
+        for bad in [
+            "",
+            "752",
+            "752:752",
+            "a:752:",
+            "1:x:",
+            "1:752:7,,q",
+            "1:752:800",
+            "753:752:",
+            "749:752:748",
+            "1:9223372036854775808:",
+        ] {
+            assert!(Running::from_snapshot(bad, 0).is_err(), "{bad:?}");
+        }
+        assert!(Running::from_snapshot("1:752:", -1).is_err());
+        assert!(Running::from_snapshot("1:9223372036854775807:", 1).is_err());
     }
 
     #[test]

@@ -104,6 +104,23 @@ pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.negocio_id, e.cita_id, e.action
      to_char(e.created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') as ts, \
      left(e.record::text, 8193) as record, left(e.old_record::text, 8193) as old_record";
 
+/// The names of [`EVENT_COLUMNS`], in order (checked in debug builds).
+const EVENT_NAMES: [&str; EVENT_COLUMN_COUNT] = [
+    "seq",
+    "negocio_id",
+    "cita_id",
+    "action",
+    "estado",
+    "estado_anterior",
+    "ts",
+    "record",
+    "old_record",
+];
+
+/// How many columns [`EVENT_COLUMNS`] (and [`EVENT_COLUMNS_V5`]) select: [`Event::from_row`]
+/// reads them by position, first in every row it is given.
+pub(crate) const EVENT_COLUMN_COUNT: usize = 9;
+
 /// [`EVENT_COLUMNS`] for a log written by install.sql before version 6, which has no record
 /// columns: a server upgraded before its database keeps delivering (without records).
 pub(crate) const EVENT_COLUMNS_V5: &str = "e.seq, e.negocio_id, e.cita_id, e.action, e.estado, \
@@ -118,12 +135,17 @@ pub(crate) fn lacks_record_columns(error: &tokio_postgres::Error) -> bool {
 }
 
 impl Event {
-    /// Reads a row selected with [`EVENT_COLUMNS`]; `None` (logged) for an action this version
+    /// Reads a row whose first columns are [`EVENT_COLUMNS`], by position (a lookup by name
+    /// compares every column's name, for every row); `None` (logged) for an action this version
     /// does not know, so that one odd row never stops delivery.
     pub(crate) fn from_row(row: &Row) -> Result<Option<Event>, tokio_postgres::Error> {
-        let seq: i64 = row.try_get("seq")?;
-        let action: String = row.try_get("action")?;
-        let Some(action) = Action::parse(&action) else {
+        debug_assert!(EVENT_NAMES
+            .iter()
+            .zip(row.columns())
+            .all(|(name, column)| column.name() == *name));
+        let seq: i64 = row.try_get(0)?;
+        let action: &str = row.try_get(3)?;
+        let Some(action) = Action::parse(action) else {
             tracing::warn!(seq, action, "skipping an event with an unknown action");
             return Ok(None);
         };
@@ -135,19 +157,19 @@ impl Event {
                 v
             })
         };
-        let cita_id = text(row.try_get("cita_id")?).unwrap_or_default();
-        let estado = text(row.try_get("estado")?);
-        let estado_anterior = text(row.try_get("estado_anterior")?);
+        let cita_id = text(row.try_get(2)?).unwrap_or_default();
+        let estado = text(row.try_get(4)?);
+        let estado_anterior = text(row.try_get(5)?);
         Ok(Some(Event {
             seq,
-            negocio_id: row.try_get("negocio_id")?,
+            negocio_id: row.try_get(1)?,
             cita_id,
             action,
             estado,
             estado_anterior,
-            timestamp: row.try_get("ts")?,
+            timestamp: row.try_get(6)?,
             fields_truncated: cut,
-            records: Records::from_columns(row.try_get("record")?, row.try_get("old_record")?),
+            records: Records::from_columns(row.try_get(7)?, row.try_get(8)?),
         }))
     }
 }

@@ -233,10 +233,17 @@ fn replay_sql(event_columns: &str) -> String {
     )
 }
 
+/// The listener's read, as it prepares it on a log with record columns (for `read_cost`, the
+/// benchmark of what reads cost PostgreSQL).
+pub fn listener_read_sql() -> String {
+    listener::read(EVENT_COLUMNS)
+}
+
 /// The listener's SQL: it runs on the listener's own connection, not the pool.
 pub(crate) mod listener {
 
-    /// The statement snapshot's running transactions, as three columns: `running` (its `xip`),
+    /// The statement snapshot's running transactions, as three columns (for the first start's
+    /// query, which uses them in SQL): `running` (its `xip`),
     /// `xmax`, and `next_xid`, the next id to be assigned, read after the snapshot was taken
     /// (`age()` measures from it; the low 32 bits of `xmax` are always a normal id). Every id
     /// from `xmax` to `next_xid` is running too: see `log::cursor`.
@@ -246,10 +253,21 @@ array(select x::text::bigint from pg_snapshot_xip(pg_current_snapshot()) as x) a
        (select x + age((x % 4294967296)::text::xid)
           from (select pg_snapshot_xmax(pg_current_snapshot())::text::bigint as x) as v) as next_xid";
 
-    /// One read: a first row with the snapshot's running transactions (and the backend's
-    /// pid), then up to `$2` rows after the cursor `$1`, all under the statement's one
-    /// snapshot. Prepared once per connection: its plan, a primary-key range scan, never
-    /// changes.
+    /// The statement's snapshot, as two columns: `snapshot`, its text (`xmin:xmax:xip,...`),
+    /// and `ahead`, how many ids were assigned from its `xmax` on by the time it was read
+    /// (`age()` counts from the next id to be assigned; the low 32 bits of `xmax` are always a
+    /// normal id). Every id from `xmax` to `xmax + ahead` is running too: see `log::cursor`.
+    /// Cheaper for the database than [`RUNNING`]'s array and subqueries (one function call, one
+    /// text output): about 20 % of what a read costs it (BENCHMARKS.md).
+    const SNAPSHOT: &str = "\
+pg_current_snapshot()::text as snapshot,
+       age(((pg_snapshot_xmax(pg_current_snapshot())::text::bigint) % 4294967296)::text::xid) as ahead";
+
+    /// One read: a first row with the statement's snapshot (and the backend's pid), then up to
+    /// `$2` rows after the cursor `$1`, all under that one snapshot. Prepared once per
+    /// connection: its plan, a primary-key range scan, never changes. The columns are read by
+    /// position: the event's ([`crate::log::event::EVENT_COLUMNS`]), then `age_secs`,
+    /// `snapshot`, `ahead` and `pid` (see `listener::reader`).
     pub(crate) fn read(event_columns: &str) -> String {
         format!(
             r#"
@@ -257,11 +275,11 @@ select null::bigint as seq, null::text as negocio_id, null::text as cita_id,
        null::text as action, null::text as estado, null::text as estado_anterior,
        null::text as ts, null::text as record, null::text as old_record,
        null::float8 as age_secs,
-       {RUNNING},
+       {SNAPSHOT},
        pg_backend_pid() as pid
 union all
 (select {event_columns},
-        extract(epoch from clock_timestamp() - e.created_at)::float8, null, null, null, null
+        date_part('epoch', clock_timestamp() - e.created_at), null, null, null
    from citas_realtime.events e
   where e.seq > $1
   order by e.seq
@@ -283,7 +301,7 @@ select e.*
   from unnest($1::bigint[], $2::bigint[]) as g(lo, hi)
  cross join lateral (
        select {event_columns},
-              extract(epoch from clock_timestamp() - e.created_at)::float8 as age_secs
+              date_part('epoch', clock_timestamp() - e.created_at) as age_secs
          from citas_realtime.events e
         where e.seq between g.lo and g.hi
        offset 0) as e

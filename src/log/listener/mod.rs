@@ -62,6 +62,8 @@ enum SessionError {
     ListenBroken,
     #[error("{advice}: {0}", advice = crate::log::pooler::ADVICE)]
     TransactionPooler(String),
+    #[error(transparent)]
+    Snapshot(#[from] crate::log::cursor::BadSnapshot),
     #[error("a read of the event log took longer than {0:?}")]
     Timeout(Duration),
     #[error("the event log was upgraded to hold records: reconnecting to read them")]

@@ -10,7 +10,9 @@ use tokio_postgres::{Client, Row, Statement};
 
 use super::{Publish, SessionError};
 use crate::log::cursor::{LogCursor, Running};
-use crate::log::event::{lacks_record_columns, Event, EVENT_COLUMNS, EVENT_COLUMNS_V5};
+use crate::log::event::{
+    lacks_record_columns, Event, EVENT_COLUMNS, EVENT_COLUMNS_V5, EVENT_COLUMN_COUNT,
+};
 use crate::log::status::ListenerStatus;
 use crate::log::store::listener as sql;
 
@@ -196,12 +198,19 @@ struct LogRow {
     age: Option<f64>,
 }
 
+/// Where a read's (and a probe's) columns are, after the event's (see `store::listener::read`):
+/// by position, not by name, which every row would search for.
+const AGE: usize = EVENT_COLUMN_COUNT;
+const SNAPSHOT: usize = AGE + 1;
+const AHEAD: usize = AGE + 2;
+const PID: usize = AGE + 3;
+
 impl LogRow {
     fn from_row(row: &Row) -> Result<LogRow, tokio_postgres::Error> {
         Ok(LogRow {
-            seq: row.try_get("seq")?,
+            seq: row.try_get(0)?,
             event: Event::from_row(row)?,
-            age: row.try_get("age_secs")?,
+            age: row.try_get(AGE)?,
         })
     }
 }
@@ -215,16 +224,16 @@ struct Read {
 }
 
 impl Read {
-    fn parse(rows: &[Row]) -> Result<Read, tokio_postgres::Error> {
+    fn parse(rows: &[Row]) -> Result<Read, SessionError> {
         let mut read = Read {
             running: Running::default(),
             pid: 0,
             rows: Vec::with_capacity(rows.len()),
         };
         for row in rows {
-            if row.try_get::<_, Option<i64>>("seq")?.is_none() {
-                read.running = running_of(row)?;
-                read.pid = row.try_get("pid")?;
+            if row.try_get::<_, Option<i64>>(0)?.is_none() {
+                read.running = Running::from_snapshot(row.try_get(SNAPSHOT)?, row.try_get(AHEAD)?)?;
+                read.pid = row.try_get(PID)?;
             } else {
                 read.rows.push(LogRow::from_row(row)?);
             }
@@ -233,7 +242,7 @@ impl Read {
     }
 }
 
-/// The running transactions of the row's snapshot (see `store::listener::RUNNING`).
+/// The running transactions of the first start's snapshot (see `store::listener::RUNNING`).
 fn running_of(row: &Row) -> Result<Running, tokio_postgres::Error> {
     Ok(Running {
         xip: row.try_get::<_, Vec<i64>>("running")?.into_iter().collect(),

@@ -60,7 +60,7 @@ pub(crate) async fn start(args: &Args, addr: SocketAddr) -> anyhow::Result<Targe
         )
         .await?;
     }
-    let server = std::process::Command::new(std::env::current_exe()?)
+    let server = server_command()?
         .arg("--serve")
         .env("DATABASE_URL", &url)
         .env("JWT_SECRET", SECRET)
@@ -114,8 +114,27 @@ impl Target {
     }
 }
 
+/// Runs the server under this command when set (whitespace-separated, e.g. `valgrind
+/// --tool=callgrind`): see `tools/benches/listen_instructions.sh`.
+pub(crate) const WRAPPER_ENV: &str = "LOADGEN_SERVER_WRAPPER";
+
+/// The command that starts this executable as the server, inside [`WRAPPER_ENV`] if set.
+fn server_command() -> anyhow::Result<std::process::Command> {
+    let exe = std::env::current_exe()?;
+    let wrapper = std::env::var(WRAPPER_ENV).unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let Some(program) = words.next() else {
+        return Ok(std::process::Command::new(exe));
+    };
+    let mut command = std::process::Command::new(program);
+    command.args(words).arg(exe);
+    Ok(command)
+}
+
 async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // A server under a wrapper such as valgrind starts many times slower.
+    let wrapped = std::env::var_os(WRAPPER_ENV).is_some_and(|w| !w.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(if wrapped { 300 } else { 30 });
     loop {
         if let Ok(mut s) = TcpStream::connect(addr).await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
