@@ -20,6 +20,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use postgres_native_tls::MakeTlsConnector;
@@ -81,6 +82,10 @@ pub struct DbConfig {
     /// `citas-realtime-listener` and the pool's `citas-realtime`, so a DBA can tell them apart
     /// in pg_stat_activity.
     name_listener: bool,
+    /// The TLS settings, built once (loading the system's trusted certificates takes tens of
+    /// milliseconds) and shared by the pool and every connection of the listener, whose
+    /// reconnects after a failover are not held up by it again.
+    tls: Arc<OnceLock<MakeTlsConnector>>,
 }
 
 /// The connection half that must be polled for the client to make progress.
@@ -129,6 +134,7 @@ impl DbConfig {
             ssl_mode,
             root_cert,
             name_listener,
+            tls: Arc::default(),
         })
     }
 
@@ -156,7 +162,16 @@ impl DbConfig {
         format!("{}:{port}", hosts.join(","))
     }
 
+    /// The TLS settings, built on first use (a failure is not kept: the next call tries again).
     fn tls_connector(&self) -> Result<MakeTlsConnector, native_tls::Error> {
+        if let Some(tls) = self.tls.get() {
+            return Ok(tls.clone());
+        }
+        let built = self.build_tls_connector()?;
+        Ok(self.tls.get_or_init(|| built).clone())
+    }
+
+    fn build_tls_connector(&self) -> Result<MakeTlsConnector, native_tls::Error> {
         let mut builder = native_tls::TlsConnector::builder();
         if let Some(pem) = &self.root_cert {
             builder.add_root_certificate(native_tls::Certificate::from_pem(pem)?);
@@ -352,6 +367,18 @@ fn percent_decode(value: &str) -> Result<String, DbUrlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Built on first use, then shared by every copy of the configuration (the pool's, the
+    /// listener's): a reconnect does not load the system's certificates again.
+    #[test]
+    fn tls_settings_are_built_once_and_shared() {
+        let db = DbConfig::parse("postgres://u@db.example.com/x").expect("a URL");
+        let copy = db.clone();
+        assert!(copy.tls.get().is_none());
+        db.tls_connector().expect("TLS settings");
+        assert!(copy.tls.get().is_some());
+        copy.tls_connector().expect("TLS settings");
+    }
 
     #[test]
     fn tls_params_are_taken_out_of_urls() {
