@@ -73,13 +73,15 @@ enum SessionError {
 }
 
 impl SessionError {
-    /// An error retrying soon will not fix: the configuration or the database's setup.
+    /// An error retrying soon will not fix: the configuration or the database's setup (a
+    /// snapshot PostgreSQL itself would never write means something else answers).
     fn is_misconfiguration(&self) -> bool {
         matches!(
             self,
             SessionError::TransactionPooler(_)
                 | SessionError::ListenBroken
                 | SessionError::NotInstalled(_)
+                | SessionError::Snapshot(_)
         )
     }
 }

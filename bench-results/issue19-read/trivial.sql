@@ -1,0 +1,1 @@
+select $1::bigint, $2::bigint

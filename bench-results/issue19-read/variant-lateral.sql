@@ -1,0 +1,8 @@
+select h.snapshot, h.ahead, h.pid, h.now, e.*
+  from (select pg_current_snapshot()::text as snapshot,
+               age(((pg_snapshot_xmax(pg_current_snapshot())::text::bigint) % 4294967296)::text::xid) as ahead,
+               pg_backend_pid() as pid, clock_timestamp() as now) as h
+  left join lateral (
+       select e.seq, e.negocio_id, e.cita_id, e.action, e.estado, e.estado_anterior, e.created_at,
+              left(e.record::text, 8193) as record, left(e.old_record::text, 8193) as old_record
+         from citas_realtime.events e where e.seq > $1 order by e.seq limit $2) as e on true
