@@ -54,6 +54,10 @@ pub struct ListenerStatus {
     pub(crate) last_seq: AtomicI64,
     pub(crate) reconnects: AtomicU64,
     pub(crate) events_read: AtomicU64,
+    /// Reads of the log (one per wake-up, more while catching up; probes not counted).
+    pub(crate) reads: AtomicU64,
+    /// Wake-ups by notifications that needed no read: every event announced had been read already.
+    pub(crate) already_read: AtomicU64,
     /// Notifications on our channel whose payload is not a trigger's announcement.
     pub(crate) unrecognised: AtomicU64,
     pub lag: LagHistogram,
@@ -63,6 +67,16 @@ impl ListenerStatus {
     /// Events read from the log and handed on.
     pub fn events_read(&self) -> u64 {
         self.events_read.load(Ordering::Relaxed)
+    }
+
+    /// Reads of the log so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Wake-ups by notifications that announced only events already read, so needed no read.
+    pub fn already_read(&self) -> u64 {
+        self.already_read.load(Ordering::Relaxed)
     }
 
     pub fn is_connected(&self) -> bool {

@@ -729,3 +729,79 @@ async fn foreign_notifications_are_counted_and_change_nothing() {
     ws.send(json!({"type": "ping"})).await;
     ws.expect("pong").await;
 }
+
+/// A notification whose events were all read already wakes no read (counted in
+/// `_notifications_already_read_total`); one that names a seq not yet read does. So a payload
+/// can only save a read, never hide an event: a forged "already read" payload sent in the same
+/// transaction as a real change is outweighed by the change's own notification, and the event
+/// arrives at once, not at the next periodic read.
+#[tokio::test]
+async fn notifications_of_events_already_read_wake_no_read_and_hide_none() {
+    const ALREADY_READ: &str = "citas_realtime_notifications_already_read_total";
+    const READS: &str = "citas_realtime_log_reads_total";
+    let db = TestDb::new().await;
+    let app = crate::helpers::spawn_app(&db.url).await;
+    let mut ws = app.subscriber(&["ar"]).await;
+    db.execute("insert into citas (negocio_id) values ('ar')")
+        .await;
+    ws.expect("cita_created").await;
+    let until = |name: &'static str, at_least: f64| {
+        let app = &app;
+        async move {
+            let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+            loop {
+                let value = metric(app, name).await;
+                if value >= at_least {
+                    return value;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} stayed below {at_least}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let notify = |payload: &'static str| {
+        let db = &db;
+        async move {
+            db.client
+                .execute("select pg_notify('citas_realtime', $1)", &[&payload])
+                .await
+                .unwrap();
+        }
+    };
+    // Seq 1 was read: no read.
+    let skipped = metric(&app, ALREADY_READ).await;
+    notify(r#"{"last_seq":1,"count":1}"#).await;
+    until(ALREADY_READ, skipped + 1.0).await;
+    // A seq beyond the log: a read (which finds nothing).
+    let (skipped, reads) = (metric(&app, ALREADY_READ).await, metric(&app, READS).await);
+    notify(r#"{"last_seq":1000000000000,"count":1}"#).await;
+    until(READS, reads + 1.0).await;
+    assert_eq!(metric(&app, ALREADY_READ).await, skipped);
+    // A forged "already read" beside real changes hides none of them.
+    for _ in 0..5 {
+        db.client
+            .batch_execute(
+                r#"begin;
+                   insert into citas (negocio_id) values ('ar');
+                   select pg_notify('citas_realtime', '{"last_seq":1,"count":1}');
+                   commit"#,
+            )
+            .await
+            .unwrap();
+        let committed = std::time::Instant::now();
+        let event = ws.expect("cita_created").await;
+        let logged: i64 = db
+            .scalar("select max(seq) from citas_realtime.events")
+            .await;
+        assert_eq!(event["data"]["seq"], logged);
+        // Well before the periodic read (every 5 s) would have found it.
+        assert!(
+            committed.elapsed() < std::time::Duration::from_secs(1),
+            "the event took {:?}",
+            committed.elapsed()
+        );
+    }
+}

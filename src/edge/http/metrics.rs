@@ -69,6 +69,8 @@ struct Mirrors {
     subscriptions: IntGauge,
     listener_up: IntGauge,
     events_read: IntCounter,
+    reads: IntCounter,
+    already_read: IntCounter,
     delivered: IntCounter,
     written_directly: IntCounter,
     slow_drops: IntCounter,
@@ -92,6 +94,14 @@ impl Mirrors {
             events_read: counter(
                 "citas_realtime_events_received_total",
                 "Events read from the log",
+            ),
+            reads: counter(
+                "citas_realtime_log_reads_total",
+                "Reads of the event log by the listener (one per wake-up, more while catching up)",
+            ),
+            already_read: counter(
+                "citas_realtime_notifications_already_read_total",
+                "Wake-ups by notifications that needed no read: every event they announced had been read already",
             ),
             delivered: counter(
                 "citas_realtime_events_delivered_total",
@@ -140,6 +150,8 @@ impl Mirrors {
         }
         for c in [
             &self.events_read,
+            &self.reads,
+            &self.already_read,
             &self.delivered,
             &self.written_directly,
             &self.slow_drops,
@@ -210,6 +222,8 @@ impl Metrics {
         m.listener_up.set(i64::from(s.status.is_connected()));
         let forward = |c: &IntCounter, now: u64| c.inc_by(now.saturating_sub(c.get()));
         forward(&m.events_read, s.status.events_read());
+        forward(&m.reads, s.status.reads());
+        forward(&m.already_read, s.status.already_read());
         forward(&m.delivered, hub.delivered);
         forward(&m.written_directly, hub.written_directly);
         forward(&m.slow_drops, hub.slow_clients_kicked);

@@ -184,7 +184,11 @@ impl Listener {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = conn.wake.notified() => {}
+                _ = conn.wake.notified() => {
+                    if conn.announced.all_read(&log.position(), &self.status) {
+                        continue;
+                    }
+                }
                 _ = poll.tick() => {
                     if reader.log_was_upgraded().await {
                         return Err(SessionError::Upgraded);

@@ -81,6 +81,7 @@ impl Reader<'_> {
     ) -> Result<(), SessionError> {
         loop {
             let cursor = log.cursor.unwrap_or(0);
+            self.status.reads.fetch_add(1, Ordering::Relaxed);
             let rows = timed(self.client.query(&self.read, &[&cursor, &READ_BATCH])).await?;
             let read = Read::parse(&rows)?;
             if read.pid != self.pid {

@@ -50,6 +50,9 @@ pub(crate) struct Measured {
     /// Server RSS (KiB) at start, with every client connected, and at the end.
     pub(crate) rss: (u64, u64, u64),
     pub(crate) stats_queries: Option<u64>,
+    /// The listener's reads of the log and the notifications that woke none, from the server's
+    /// `/metrics` at the end (none for the floor).
+    pub(crate) listener: Option<(u64, u64)>,
 }
 
 /// Latencies (µs) and counts over every client.
@@ -135,6 +138,14 @@ pub(crate) fn compute(args: &Args, results: &[ClientResult], m: &Measured) -> (V
         "postgres_cpu_cores": (cpu1.postgres - cpu0.postgres) / m.wall_secs,
         "postgres_for_server_cpu_cores":
             (cpu1.postgres_for_server - cpu0.postgres_for_server) / m.wall_secs,
+        "listener": match m.listener {
+            Some((reads, already_read)) => json!({
+                "log_reads": reads,
+                "notifications_already_read": already_read,
+                "log_reads_per_write": reads as f64 / m.writes.max(1) as f64,
+            }),
+            None => Value::Null,
+        },
         "stats": if args.stats {
             json!({"snapshots_received": t.snapshots, "queries": m.stats_queries})
         } else {
@@ -204,6 +215,14 @@ pub(crate) fn print_table(f: &Value) {
         f["postgres_for_server_cpu_cores"].as_f64().unwrap_or(0.0),
         f["loadgen_cpu_cores"].as_f64().unwrap_or(0.0)
     );
+    if let Some(listener) = f["listener"].as_object() {
+        println!(
+            "listener                   {} reads of the log ({:.2} per write), {} notifications already read",
+            listener["log_reads"],
+            listener["log_reads_per_write"].as_f64().unwrap_or(0.0),
+            listener["notifications_already_read"]
+        );
+    }
     if let Some(stats) = f["stats"].as_object() {
         println!(
             "statistics                 {} snapshots received, {} queries",

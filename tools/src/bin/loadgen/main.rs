@@ -204,6 +204,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cpu: (cpu0, Cpu::now(server_pid, &backends)),
         rss: (rss_start, rss_connected, rss_kib(server_pid)),
         stats_queries: stats_queries(&args, server_addr).await,
+        listener: listener_reads(&args, server_addr).await,
     };
     let (figures, lost, duplicates) = figures::compute(&args, &results, &measured);
     figures::print_table(&figures);
@@ -237,6 +238,28 @@ async fn stats_queries(args: &Args, addr: SocketAddr) -> Option<u64> {
         return None;
     }
     health(addr).await.and_then(|h| h["stats_queries"].as_u64())
+}
+
+/// The listener's reads of the log and the notifications that woke none, from `/metrics`.
+async fn listener_reads(args: &Args, addr: SocketAddr) -> Option<(u64, u64)> {
+    if args.floor {
+        return None;
+    }
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let counter = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    Some((
+        counter("citas_realtime_log_reads_total ")?,
+        counter("citas_realtime_notifications_already_read_total ").unwrap_or(0),
+    ))
 }
 
 /// The server's `/health` body.
