@@ -53,6 +53,10 @@ pub(crate) struct Measured {
     /// The listener's reads of the log and the notifications that woke none, from the server's
     /// `/metrics` at the end (none for the floor).
     pub(crate) listener: Option<(u64, u64)>,
+    /// How long each timed write took to commit, by write index (µs; 0 when not measured, as
+    /// for the floor, whose writes are control messages): the part of every latency no server
+    /// can save.
+    pub(crate) commits: Vec<u64>,
 }
 
 /// Latencies (µs) and counts over every client.
@@ -93,6 +97,28 @@ fn totals(results: &[ClientResult]) -> Totals {
     t
 }
 
+/// The writes' commit times, and each delivery's latency counted from its write's commit
+/// (`null` when no commit was timed: the floor).
+fn commit_figures(results: &[ClientResult], commits: &[u64]) -> Value {
+    let mut times: Vec<u64> = commits.iter().copied().filter(|&us| us > 0).collect();
+    if times.is_empty() {
+        return Value::Null;
+    }
+    times.sort_unstable();
+    let mut after: Vec<u64> = results
+        .iter()
+        .flat_map(|r| r.samples.iter())
+        .filter_map(|&(index, lat)| {
+            let commit = *commits.get(index as usize)?;
+            (commit > 0).then(|| lat.saturating_sub(commit))
+        })
+        .collect();
+    after.sort_unstable();
+    json!({"p50": pct(&times, 0.5), "p99": pct(&times, 0.99),
+           "latency_after_commit_p50": pct(&after, 0.5),
+           "latency_after_commit_p99": pct(&after, 0.99)})
+}
+
 /// The `p` quantile of sorted µs values, in ms.
 fn pct(v: &[u64], p: f64) -> f64 {
     if v.is_empty() {
@@ -129,6 +155,7 @@ pub(crate) fn compute(args: &Args, results: &[ClientResult], m: &Measured) -> (V
         "last_client_latency_ms": {"p50": pct(&t.last_client, 0.5),
                                     "p99": pct(&t.last_client, 0.99),
                                     "max": pct(&t.last_client, 1.0)},
+        "commit_ms": commit_figures(results, &m.commits),
         "delivered_msgs_per_sec": t.received as f64 / delivery_secs,
         "time_to_last_delivery_s": delivery_secs,
         "server": {"rss_kib_start": rss_start, "rss_kib_connected": rss_connected,
@@ -215,6 +242,15 @@ pub(crate) fn print_table(f: &Value) {
         f["postgres_for_server_cpu_cores"].as_f64().unwrap_or(0.0),
         f["loadgen_cpu_cores"].as_f64().unwrap_or(0.0)
     );
+    if let Some(commit) = f["commit_ms"].as_object() {
+        println!(
+            "writes' commit ms          p50 {:.2}  p99 {:.2}  (latency from the commit: p50 {:.2}  p99 {:.2})",
+            commit["p50"].as_f64().unwrap_or(0.0),
+            commit["p99"].as_f64().unwrap_or(0.0),
+            commit["latency_after_commit_p50"].as_f64().unwrap_or(0.0),
+            commit["latency_after_commit_p99"].as_f64().unwrap_or(0.0)
+        );
+    }
     if let Some(listener) = f["listener"].as_object() {
         println!(
             "listener                   {} reads of the log ({:.2} per write), {} notifications already read",

@@ -135,10 +135,12 @@ fn index_of(cita_id: &str) -> Option<u64> {
     u64::from_str_radix(cita_id.rsplit('-').next()?, 16).ok()
 }
 
-/// What every client shares: when each write started (µs since `epoch`), by write index.
+/// What every client shares: when each write started (µs since `epoch`), by write index; and
+/// how long each timed write took to commit (µs; 0 when not measured).
 struct Clock {
     epoch: Instant,
     started: Vec<AtomicU64>,
+    committed_in: Vec<AtomicU64>,
 }
 
 impl Clock {
@@ -146,7 +148,16 @@ impl Clock {
         Clock {
             epoch: Instant::now(),
             started: (0..writes).map(|_| AtomicU64::new(0)).collect(),
+            committed_in: (0..writes).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// How long each write took to commit (µs; 0 when not measured), by write index.
+    fn commit_times(&self) -> Vec<u64> {
+        self.committed_in
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
     }
 
     /// Microseconds since the epoch.
@@ -205,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rss: (rss_start, rss_connected, rss_kib(server_pid)),
         stats_queries: stats_queries(&args, server_addr).await,
         listener: listener_reads(&args, server_addr).await,
+        commits: clock.commit_times(),
     };
     let (figures, lost, duplicates) = figures::compute(&args, &results, &measured);
     figures::print_table(&figures);

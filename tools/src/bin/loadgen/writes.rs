@@ -106,10 +106,13 @@ async fn timed(args: &Args, url: &str, clock: &Arc<Clock>) -> anyhow::Result<()>
                     let due = start + pace.mul_f64(i as f64);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                clock.started[i as usize].store(clock.now_us(), Ordering::Relaxed);
+                let began = clock.now_us();
+                clock.started[i as usize].store(began, Ordering::Relaxed);
                 client
                     .execute(&stmt, &[&cita_id(i), &format!("n{}", i % negocios)])
                     .await?;
+                let took = clock.now_us().saturating_sub(began).max(1);
+                clock.committed_in[i as usize].store(took, Ordering::Relaxed);
             }
         }));
     }
