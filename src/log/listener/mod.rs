@@ -4,7 +4,9 @@
 //! it delivers always comes from reading `citas_realtime.events` by `seq`. That single path
 //! serves live delivery, batching under load (one read picks up every commit since the last),
 //! and catching up after a reconnect: the cursor survives the connection, so whatever committed
-//! while it was away is read on the first pass after `LISTEN` is re-issued.
+//! while it was away is read on the first pass after `LISTEN` is re-issued. A payload is only
+//! ever used to *skip* a read whose events were all read already (see
+//! [`connection::Announced`]).
 //!
 //! # Out-of-order commits
 //!
